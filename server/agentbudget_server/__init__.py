@@ -1,0 +1,1 @@
+"""The AgentBudget budget authority server."""

@@ -1,0 +1,105 @@
+"""The authority process: pool, event hub, sweeper and gRPC server, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agentbudget.v1 import budget_authority_pb2 as pb
+from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+
+from . import db, ledger
+from .events import EventHub
+from .servicer import BudgetAuthority
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
+
+
+def create_server(
+    address: str, servicer: BudgetAuthority
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_BudgetAuthorityServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port, health_servicer
+
+
+@dataclass
+class Authority:
+    settings: Settings
+    pool: asyncpg.Pool
+    hub: EventHub
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    sweeper: asyncio.Task[None]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (load balancers drain), then finish calls in flight, then the pool."""
+        await self.health.enter_graceful_shutdown()
+        self.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.sweeper
+        await self.hub.close()  # ends WatchEvents streams, so stop() need not wait the whole grace
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        await self.pool.close()
+
+
+async def _sweep_forever(pool: asyncpg.Pool, interval: float) -> None:
+    while True:
+        try:
+            await ledger.sweep(pool)
+        except Exception as exc:  # the sweeper must outlive database outages
+            log.warning("sweeper: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(interval)
+
+
+async def start(settings: Settings, dsn: str) -> Authority:
+    pool = await db.create_pool(dsn, settings.pool_min, settings.pool_max)
+    hub = EventHub(pool, dsn, settings.event_poll_seconds)
+    await hub.start()
+    servicer = BudgetAuthority(pool, hub, settings)
+    server, port, health_servicer = create_server(settings.listen, servicer)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    sweeper = asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_seconds), name="sweeper")
+    return Authority(settings, pool, hub, server, health_servicer, port, sweeper)
+
+
+async def serve(settings: Settings, dsn: str) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in order."""
+    await db.migrate(dsn)
+    authority = await start(settings, dsn)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info("serving agentbudget.v1.BudgetAuthority on %s:%d", host, authority.port)
+    if settings.ready_file:
+        Path(settings.ready_file).write_text(str(authority.port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", settings.grace_seconds)
+    await authority.stop()
+    log.info("stopped")

@@ -1,0 +1,73 @@
+"""The connection pool, the embedded PostgreSQL, and migrations under an advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import asyncpg
+
+from . import sql
+
+log = logging.getLogger(__name__)
+# pg_advisory_lock key: any constant the application owns ("agentbudget" as bytes).
+MIGRATION_LOCK = 0x6167656E74627564
+
+
+async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=30,
+        # The ledger's hot statements run thousands of times; keep them prepared.
+        statement_cache_size=256,
+        server_settings={"application_name": "agentbudget", "timezone": "UTC"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply the migrations not yet applied, in order; safe from any number of processes at once."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version    text PRIMARY KEY,
+                       checksum   text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT * FROM schema_migrations")}
+            applied = []
+            for version, text in sql.migrations():
+                checksum = hashlib.sha256(text.encode()).hexdigest()
+                if version in done:
+                    if done[version] != checksum:
+                        raise RuntimeError(f"migration {version} was changed after it was applied")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(text)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)", version, checksum
+                    )
+                applied.append(version)
+                log.info("applied migration %s", version)
+            return applied
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    finally:
+        await conn.close()
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) a PostgreSQL in ``data_dir`` through pgserver; returns its DSN."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    uri: str = server.get_uri()
+    return uri

@@ -1,0 +1,109 @@
+"""The BudgetAuthority gRPC servicer: wire in, validated command to the ledger, wire out."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+
+from agentbudget.v1 import budget_authority_pb2 as pb
+from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+
+from . import budgets, ledger, validate, wire
+from .events import EventHub
+from .settings import Settings
+from .status import classify, to_status
+
+T = TypeVar("T")
+Handler = Callable[..., Awaitable[T]]
+
+
+def unary(fn: Handler[T]) -> Handler[T]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:  # every error is mapped, in one place
+            await context.abort_with_status(to_status(classify(exc)))
+            raise  # abort_with_status raises; this keeps type checkers content
+
+    return wrapper
+
+
+class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
+    def __init__(self, pool: asyncpg.Pool, hub: EventHub, settings: Settings) -> None:
+        self.pool = pool
+        self.hub = hub
+        self.settings = settings
+
+    @unary
+    async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
+        s = self.settings
+        cmd = validate.reserve(request, s.default_ttl, s.min_ttl, s.max_ttl)
+        data = await ledger.reserve(self.pool, cmd, functools.partial(wire.hold_response, pb.ReserveResponse))
+        return pb.ReserveResponse.FromString(data)
+
+    @unary
+    async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
+        cmd = validate.commit(request)
+        data = await ledger.commit(self.pool, cmd, functools.partial(wire.hold_response, pb.CommitResponse))
+        return pb.CommitResponse.FromString(data)
+
+    @unary
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
+        cmd = validate.release(request)
+        data = await ledger.release(self.pool, cmd, functools.partial(wire.hold_response, pb.ReleaseResponse))
+        return pb.ReleaseResponse.FromString(data)
+
+    @unary
+    async def RecordCost(self, request: pb.RecordCostRequest, context: Any) -> pb.RecordCostResponse:
+        cmd = validate.record_cost(request)
+        data = await ledger.record_cost(self.pool, cmd, wire.charge_response)
+        return pb.RecordCostResponse.FromString(data)
+
+    @unary
+    async def GetBudget(self, request: pb.GetBudgetRequest, context: Any) -> pb.GetBudgetResponse:
+        name = validate.budget_name(request.name, "name")
+        return pb.GetBudgetResponse(budget=wire.budget(await budgets.get(self.pool, name)))
+
+    @unary
+    async def UpsertBudget(self, request: pb.UpsertBudgetRequest, context: Any) -> pb.UpsertBudgetResponse:
+        return wire.upsert_response(await budgets.upsert(self.pool, validate.upsert(request)))
+
+    @unary
+    async def DeleteBudget(self, request: pb.DeleteBudgetRequest, context: Any) -> pb.DeleteBudgetResponse:
+        name = validate.budget_name(request.name, "name")
+        return pb.DeleteBudgetResponse(deleted=await budgets.delete(self.pool, name, request.allow_missing))
+
+    @unary
+    async def ListBudgets(self, request: pb.ListBudgetsRequest, context: Any) -> pb.ListBudgetsResponse:
+        namespace, after, size = validate.list_budgets(request)
+        views, last = await budgets.list_budgets(self.pool, namespace, after, size)
+        token = validate.encode_token("budgets", last) if last else ""
+        return pb.ListBudgetsResponse(budgets=[wire.budget(v) for v in views], next_page_token=token)
+
+    @unary
+    async def Transfer(self, request: pb.TransferRequest, context: Any) -> pb.TransferResponse:
+        data = await budgets.transfer(self.pool, validate.transfer(request), wire.transfer_response)
+        return pb.TransferResponse.FromString(data)
+
+    @unary
+    async def ListLedgerEntries(
+        self, request: pb.ListLedgerEntriesRequest, context: Any
+    ) -> pb.ListLedgerEntriesResponse:
+        entries, last = await budgets.list_entries(self.pool, validate.list_entries(request))
+        token = validate.encode_token("entries", last) if last else ""
+        return pb.ListLedgerEntriesResponse(entries=[wire.entry(e) for e in entries], next_page_token=token)
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        try:
+            flt = validate.watch(request)
+            async for event in self.hub.stream(flt):
+                yield pb.WatchEventsResponse(event=wire.event(event))
+        except Exception as exc:
+            await context.abort_with_status(to_status(classify(exc)))

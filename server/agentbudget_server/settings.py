@@ -1,0 +1,95 @@
+"""One settings object, from command-line flags over environment variables over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "AGENTBUDGET_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    # Empty: start an embedded PostgreSQL in data_dir (serve only).
+    database_url: str = ""
+    data_dir: str = ".agentbudget/pgdata"
+    pool_min: int = 2
+    pool_max: int = 10
+    default_ttl_seconds: float = 600.0
+    min_ttl_seconds: float = 1.0
+    max_ttl_seconds: float = 86_400.0
+    sweep_interval_seconds: float = 1.0
+    event_poll_seconds: float = 1.0
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "text"  # or "json"
+    ready_file: str = ""  # written with the bound port once serving (for supervisors and tests)
+
+    @property
+    def default_ttl(self) -> timedelta:
+        return timedelta(seconds=self.default_ttl_seconds)
+
+    @property
+    def min_ttl(self) -> timedelta:
+        return timedelta(seconds=self.min_ttl_seconds)
+
+    @property
+    def max_ttl(self) -> timedelta:
+        return timedelta(seconds=self.max_ttl_seconds)
+
+    def validate(self) -> Settings:
+        if not 0 < self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:
+            raise ValueError("TTL bounds must satisfy 0 < min <= default <= max")
+        if not 1 <= self.pool_min <= self.pool_max:
+            raise ValueError("pool sizes must satisfy 1 <= pool_min <= pool_max")
+        if self.sweep_interval_seconds <= 0 or self.event_poll_seconds <= 0 or self.grace_seconds < 0:
+            raise ValueError("intervals must be positive")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if ":" not in self.listen:
+            raise ValueError("listen must be host:port")
+        return self
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag; the default shown is what the environment or built-in gives."""
+    for f in fields(Settings):
+        env = ENV_PREFIX + f.name.upper()
+        kind = type(f.default)
+        parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=f"env {env}")
+
+
+def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        kind = type(f.default)
+        given = getattr(args, f.name, None) if args is not None else None
+        if given is not None:
+            values[f.name] = given
+        elif ENV_PREFIX + f.name.upper() in env:
+            try:
+                values[f.name] = kind(env[ENV_PREFIX + f.name.upper()])
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from None
+    return Settings(**values).validate()
+
+
+def data_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir).expanduser().resolve()
+
+
+def parse(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load(parser.parse_args(list(argv)))

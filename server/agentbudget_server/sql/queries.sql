@@ -1,0 +1,165 @@
+-- Every query of the authority, by name. Loaded once by sql/__init__.py.
+-- Lock order: budgets rows by name, then whatever belongs to them.
+
+-- name: lock_budget
+-- The budget row is the lock that serialises every change of its money.
+SELECT b.*, clock_timestamp() AS now
+FROM budgets b
+WHERE b.name = $1 AND ($2 OR b.deleted_at IS NULL)
+FOR UPDATE OF b;
+
+-- name: lock_budget_skip_locked
+SELECT b.*, clock_timestamp() AS now
+FROM budgets b
+WHERE b.name = $1
+FOR UPDATE OF b SKIP LOCKED;
+
+-- name: get_period
+SELECT * FROM budget_periods WHERE budget_id = $1 AND period_start = $2;
+
+-- name: insert_budget
+INSERT INTO budgets (name, currency, limit_nanos, period, time_zone, thresholds_ppm, paused, labels,
+                     period_start, period_end, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $11)
+RETURNING *;
+
+-- name: update_budget_spec
+UPDATE budgets
+SET limit_nanos = $2, period = $3, time_zone = $4, thresholds_ppm = $5, paused = $6, labels = $7::jsonb,
+    deleted_at = NULL, updated_at = $8
+WHERE id = $1
+RETURNING *;
+
+-- name: move_budget_period
+UPDATE budgets SET period_start = $2, period_end = $3 WHERE id = $1;
+
+-- name: delete_budget
+UPDATE budgets SET deleted_at = $2, updated_at = $2 WHERE id = $1;
+
+-- name: insert_period
+INSERT INTO budget_periods (budget_id, period_start, period_end, limit_nanos, spent_nanos, held_nanos,
+                            crossed_ppm, phase)
+VALUES ($1, $2, $3, $4, 0, 0, $5, $6);
+
+-- name: update_period
+UPDATE budget_periods
+SET limit_nanos = $3, spent_nanos = $4, held_nanos = $5, crossed_ppm = $6, phase = $7
+WHERE budget_id = $1 AND period_start = $2;
+
+-- name: get_reservation
+SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = $2;
+
+-- name: insert_reservation
+INSERT INTO reservations (budget_id, reservation_id, period_start, amount_nanos, state, created_at,
+                          expires_at, details, reserve_fingerprint, reserve_response)
+VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6, $7::jsonb, $8, $9);
+
+-- name: end_reservation
+UPDATE reservations
+SET state = $3, ended_at = $4, committed_nanos = $5, overrun = $6, late = $7, details = $8::jsonb,
+    end_fingerprint = $9, end_response = $10
+WHERE budget_id = $1 AND reservation_id = $2;
+
+-- name: expire_due_holds
+-- Only ACTIVE holds change state, under the budget's lock: a hold can expire only once.
+UPDATE reservations
+SET state = 'EXPIRED', ended_at = $2
+WHERE budget_id = $1 AND state = 'ACTIVE' AND expires_at <= $2
+RETURNING reservation_id, period_start, amount_nanos;
+
+-- name: insert_entry
+INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spent_delta, held_delta,
+                            limit_delta, reservation_id, request_id, overrun, late, kind, model,
+                            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                            sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
+                            catalog_version, counterparty, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+        $22, $23::jsonb, $24, $25, $26)
+RETURNING id;
+
+-- name: get_idempotency_key
+SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_id = $2;
+
+-- name: insert_idempotency_key
+INSERT INTO idempotency_keys (scope, request_id, fingerprint, response) VALUES ($1, $2, $3, $4);
+
+-- name: insert_events
+-- Taking the counter row last serialises only the final moments of event-writing transactions,
+-- and makes ids increase in commit order.
+WITH seq AS (
+    UPDATE event_sequence SET last_id = last_id + cardinality($1::text[]) RETURNING last_id
+)
+INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload)
+SELECT seq.last_id - cardinality($1::text[]) + e.ord, e.budget_id, e.budget_name, e.event_type, $5,
+       e.payload::jsonb
+FROM seq,
+     unnest($1::text[], $2::bigint[], $3::text[], $4::text[])
+         WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, ord);
+
+-- name: read_budget
+SELECT b.*, p.limit_nanos AS p_limit, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
+       clock_timestamp() AS now
+FROM budgets b
+JOIN budget_periods p ON p.budget_id = b.id AND p.period_start = b.period_start
+WHERE b.name = $1 AND b.deleted_at IS NULL;
+
+-- name: list_budgets
+SELECT b.*, p.limit_nanos AS p_limit, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
+       clock_timestamp() AS now
+FROM budgets b
+JOIN budget_periods p ON p.budget_id = b.id AND p.period_start = b.period_start
+WHERE b.deleted_at IS NULL AND b.name > $1 AND ($2 = '' OR b.name LIKE $2 || '/%')
+ORDER BY b.name
+LIMIT $3;
+
+-- name: find_budget_id
+-- Deleted budgets included: their ledger stays readable for audit.
+SELECT id FROM budgets WHERE name = $1;
+
+-- name: list_entries
+SELECT e.*, b.name AS budget_name, b.currency
+FROM ledger_entries e JOIN budgets b ON b.id = e.budget_id
+WHERE e.budget_id = $1 AND e.id > $2
+  AND ($3::timestamptz IS NULL OR e.created_at >= $3)
+  AND ($4::timestamptz IS NULL OR e.created_at < $4)
+ORDER BY e.id
+LIMIT $5;
+
+-- name: list_events
+SELECT e.*, b.currency
+FROM events e JOIN budgets b ON b.id = e.budget_id
+WHERE e.id > $1
+  AND (cardinality($2::text[]) = 0 OR e.budget_name = ANY ($2))
+  AND (cardinality($3::text[]) = 0 OR e.event_type = ANY ($3))
+ORDER BY e.id
+LIMIT $4;
+
+-- name: due_budgets
+-- Budgets with holds past their TTL, or whose period has ended: the sweeper's work list.
+SELECT b.name
+FROM budgets b
+WHERE EXISTS (SELECT 1 FROM reservations r
+              WHERE r.budget_id = b.id AND r.state = 'ACTIVE' AND r.expires_at <= clock_timestamp())
+UNION
+SELECT b.name FROM budgets b WHERE b.deleted_at IS NULL AND b.period_end <= clock_timestamp()
+LIMIT $1;
+
+-- name: audit_balances
+-- Every period whose materialised balance differs from the sum of its ledger rows.
+SELECT b.name, p.period_start, p.limit_nanos, p.spent_nanos, p.held_nanos,
+       coalesce(l.limit_sum, 0) AS ledger_limit, coalesce(l.spent_sum, 0) AS ledger_spent,
+       coalesce(l.held_sum, 0) AS ledger_held,
+       coalesce(r.active_sum, 0) AS active_holds
+FROM budget_periods p
+JOIN budgets b ON b.id = p.budget_id
+LEFT JOIN (SELECT budget_id, period_start, sum(limit_delta) AS limit_sum, sum(spent_delta) AS spent_sum,
+                  sum(held_delta) AS held_sum
+           FROM ledger_entries GROUP BY budget_id, period_start) l
+       ON l.budget_id = p.budget_id AND l.period_start = p.period_start
+LEFT JOIN (SELECT budget_id, period_start, sum(amount_nanos) AS active_sum
+           FROM reservations WHERE state = 'ACTIVE' GROUP BY budget_id, period_start) r
+       ON r.budget_id = p.budget_id AND r.period_start = p.period_start
+WHERE p.limit_nanos <> coalesce(l.limit_sum, 0)
+   OR p.spent_nanos <> coalesce(l.spent_sum, 0)
+   OR p.held_nanos <> coalesce(l.held_sum, 0)
+   OR p.held_nanos <> coalesce(r.active_sum, 0);

@@ -1,0 +1,161 @@
+"""Domain records to protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type.money_pb2 import Money
+
+from agentbudget.v1 import budget_authority_pb2 as pb
+
+from .budgets import UpsertResult
+from .ledger import ChargeResult, HoldResult
+from .model import BudgetView, Details, Entry, Event, ReservationView
+from .money import to_parts
+from .periods import PeriodKind
+from .rules import PPM
+
+_PERIODS = {PeriodKind.MONTHLY: pb.MONTHLY, PeriodKind.WEEKLY: pb.WEEKLY, PeriodKind.DAILY: pb.DAILY}
+
+
+def money(nanos: int, currency: str) -> Money:
+    units, frac = to_parts(nanos)
+    return Money(currency_code=currency, units=units, nanos=frac)
+
+
+def ts(value: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def details(d: Details) -> pb.CostDetails:
+    out = pb.CostDetails(
+        kind=pb.CostKind.Value(d.kind) if d.kind else pb.COST_KIND_UNSPECIFIED,
+        model=d.model or "",
+        input_tokens=d.input_tokens or 0,
+        output_tokens=d.output_tokens or 0,
+        cache_read_tokens=d.cache_read_tokens or 0,
+        cache_write_tokens=d.cache_write_tokens or 0,
+        api_name=d.api_name or "",
+        api_calls=d.api_calls or 0,
+        task_id=d.task_id or "",
+        task_type=d.task_type or "",
+        labels=d.labels,
+    )
+    if d.sandbox_nanos is not None:
+        out.sandbox_time.seconds, out.sandbox_time.nanos = divmod(d.sandbox_nanos, 1_000_000_000)
+    return out
+
+
+def budget(view: BudgetView) -> pb.Budget:
+    b, p = view.budget, view.period
+    s, cur = b.spec, b.spec.currency
+    return pb.Budget(
+        name=b.name,
+        spec=pb.BudgetSpec(
+            limit=money(s.limit, cur),
+            period=_PERIODS[s.period],
+            time_zone=s.time_zone,
+            alert_thresholds=[t / PPM for t in s.thresholds],
+            paused=s.paused,
+            labels=s.labels,
+        ),
+        phase=pb.Phase.Value(p.phase.value),
+        effective_limit=money(p.balance.limit, cur),
+        spent=money(p.balance.spent, cur),
+        held=money(p.balance.held, cur),
+        remaining=money(p.balance.remaining, cur),
+        utilization=p.balance.utilization_ppm() / PPM,
+        period_start=ts(p.start),
+        period_end=ts(p.end),
+        crossed_thresholds=[t / PPM for t in sorted(p.crossed)],
+        create_time=ts(b.created_at),
+        update_time=ts(b.updated_at),
+    )
+
+
+def reservation(r: ReservationView) -> pb.Reservation:
+    out = pb.Reservation(
+        budget=r.budget,
+        reservation_id=r.reservation_id,
+        amount=money(r.amount, r.currency),
+        state=pb.ReservationState.Value(f"RESERVATION_{r.state}"),
+        create_time=ts(r.created_at),
+        expire_time=ts(r.expires_at),
+        overrun=r.overrun,
+        late=r.late,
+        period_start=ts(r.period_start),
+        details=details(r.details),
+    )
+    if r.ended_at is not None:
+        out.end_time.CopyFrom(ts(r.ended_at))
+    if r.committed is not None:
+        out.committed.CopyFrom(money(r.committed, r.currency))
+    return out
+
+
+def hold_response(cls: type, result: HoldResult) -> bytes:
+    msg = cls(reservation=reservation(result.reservation), remaining=money(result.remaining, result.reservation.currency))
+    data: bytes = msg.SerializeToString(deterministic=True)
+    return data
+
+
+def entry(e: Entry) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        id=e.id,
+        budget=e.budget,
+        type=pb.EntryType.Value(f"ENTRY_{e.entry_type}"),
+        create_time=ts(e.created_at),
+        period_start=ts(e.period_start),
+        spent_delta=money(e.spent_delta, e.currency),
+        held_delta=money(e.held_delta, e.currency),
+        limit_delta=money(e.limit_delta, e.currency),
+        reservation_id=e.reservation_id or "",
+        request_id=e.request_id or "",
+        overrun=e.overrun,
+        late=e.late,
+        details=details(e.details),
+        counterparty=e.counterparty or "",
+        reason=e.reason or "",
+    )
+
+
+def charge_response(result: ChargeResult) -> bytes:
+    msg = pb.RecordCostResponse(entry=entry(result.entry), remaining=money(result.remaining, result.entry.currency))
+    data: bytes = msg.SerializeToString(deterministic=True)
+    return data
+
+
+def transfer_response(source: BudgetView, target: BudgetView) -> bytes:
+    data: bytes = pb.TransferResponse(from_budget=budget(source), to_budget=budget(target)).SerializeToString(
+        deterministic=True
+    )
+    return data
+
+
+def upsert_response(result: UpsertResult) -> pb.UpsertBudgetResponse:
+    return pb.UpsertBudgetResponse(budget=budget(result.view), created=result.created, changed=result.changed)
+
+
+def event(e: Event) -> pb.Event:
+    p = e.payload
+    out = pb.Event(
+        id=e.id,
+        type=pb.EventType.Value(f"EVENT_{e.event_type}"),
+        budget=e.budget,
+        create_time=ts(e.created_at),
+        phase=pb.Phase.Value(p["phase"]),
+        effective_limit=money(p["limit"], e.currency),
+        spent=money(p["spent"], e.currency),
+        held=money(p["held"], e.currency),
+        threshold=p.get("threshold_ppm", 0) / PPM,
+        reservation_id=p.get("reservation_id", ""),
+        counterparty=p.get("counterparty", ""),
+        message=p.get("message", "") or "",
+        period_start=ts(datetime.fromisoformat(p["period_start"])),
+    )
+    if "amount" in p:
+        out.amount.CopyFrom(money(p["amount"], e.currency))
+    return out
