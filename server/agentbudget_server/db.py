@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -65,7 +67,13 @@ async def migrate(dsn: str) -> list[str]:
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) a PostgreSQL in ``data_dir`` through pgserver; returns its DSN."""
-    import pgserver
+    import warnings
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir), cleanup_mode="stop")

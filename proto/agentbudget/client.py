@@ -1,0 +1,310 @@
+"""A thin typed client of the budget authority.
+
+    async with agentbudget.client.connect("localhost:50051") as client:
+        async with client.reserve("team/research", "0.50") as hold:
+            ...  # the costly operation
+            await hold.commit("0.42")
+
+A hold that is neither committed nor released when the block ends is released (an exception
+included). Calls that fail as UNAVAILABLE are retried with the same id, which the authority
+makes safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type.money_pb2 import Money
+
+from .errors import BudgetError, UnavailableError, from_rpc_error
+from .v1 import budget_authority_pb2 as pb
+from .v1 import budget_authority_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+Amount = Decimal | str | int | Money
+NANOS = 1_000_000_000
+
+
+def money(amount: Amount, currency: str = "USD") -> Money:
+    """An exact Money from a Decimal, a decimal string or an int (never a float)."""
+    if isinstance(amount, Money):
+        return amount
+    if isinstance(amount, float):  # type: ignore[unreachable]
+        raise TypeError("money must not be a float; use Decimal or a string")
+    value = Decimal(amount)
+    if not value.is_finite():
+        raise ValueError(f"not a finite amount: {amount!r}")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -9:
+        raise ValueError(f"more precision than a nano: {amount!r}")
+    total = int(value * NANOS)
+    sign = -1 if total < 0 else 1
+    units, nanos = divmod(abs(total), NANOS)
+    return Money(currency_code=currency, units=sign * units, nanos=sign * nanos)
+
+
+def to_decimal(m: Money) -> Decimal:
+    return Decimal(m.units) + Decimal(m.nanos) / NANOS
+
+
+def new_id(prefix: str = "r") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _duration(value: timedelta) -> Duration:
+    d = Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+class Hold:
+    """A reservation: awaitable (reserves), and an async context manager that releases on exit."""
+
+    def __init__(self, client: BudgetClient, request: pb.ReserveRequest) -> None:
+        self._client = client
+        self.request = request
+        self.reservation: pb.Reservation | None = None
+        self.ended: pb.Reservation | None = None
+
+    @property
+    def reservation_id(self) -> str:
+        return self.request.reservation_id
+
+    async def _reserve(self) -> Hold:
+        if self.reservation is None:
+            resp = await self._client._call(self._client.stub.Reserve, self.request)
+            self.reservation = resp.reservation
+        return self
+
+    def __await__(self) -> Generator[None, None, Hold]:
+        return self._reserve().__await__()
+
+    async def __aenter__(self) -> Hold:
+        return await self._reserve()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.ended is None and self.reservation is not None:
+            try:
+                await self.release()
+            except BudgetError:
+                if exc is None:
+                    raise  # otherwise the original exception is the one that matters
+
+    async def commit(self, actual: Amount, details: pb.CostDetails | None = None) -> pb.CommitResponse:
+        req = pb.CommitRequest(
+            budget=self.request.budget,
+            reservation_id=self.reservation_id,
+            actual=money(actual, self.request.amount.currency_code),
+            details=details,
+        )
+        resp = await self._client._call(self._client.stub.Commit, req)
+        self.ended = resp.reservation
+        return resp
+
+    async def release(self) -> pb.ReleaseResponse:
+        req = pb.ReleaseRequest(budget=self.request.budget, reservation_id=self.reservation_id)
+        resp = await self._client._call(self._client.stub.Release, req)
+        self.ended = resp.reservation
+        return resp
+
+
+class BudgetClient:
+    def __init__(self, channel: grpc.aio.Channel, *, retries: int = 3, backoff: float = 0.1) -> None:
+        self.channel = channel
+        self.stub = pb_grpc.BudgetAuthorityStub(channel)
+        self.retries = retries
+        self.backoff = backoff
+
+    async def __aenter__(self) -> BudgetClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Callable[[T], Awaitable[T]] | Callable[..., Awaitable[T]], request: object) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await method(request)  # type: ignore[no-any-return]
+            except grpc.aio.AioRpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                if not isinstance(error, UnavailableError) or attempt >= self.retries:
+                    raise error from rpc_error
+            attempt += 1
+            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+
+    # -- agents --------------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        budget: str,
+        amount: Amount,
+        *,
+        currency: str = "USD",
+        reservation_id: str | None = None,
+        ttl: timedelta | None = None,
+        details: pb.CostDetails | None = None,
+    ) -> Hold:
+        req = pb.ReserveRequest(
+            budget=budget,
+            reservation_id=reservation_id or new_id(),
+            amount=money(amount, currency),
+            details=details,
+        )
+        if ttl is not None:
+            req.ttl.CopyFrom(_duration(ttl))
+        return Hold(self, req)
+
+    async def record_cost(
+        self,
+        budget: str,
+        amount: Amount,
+        *,
+        currency: str = "USD",
+        request_id: str | None = None,
+        details: pb.CostDetails | None = None,
+    ) -> pb.RecordCostResponse:
+        req = pb.RecordCostRequest(
+            budget=budget, request_id=request_id or new_id("c"), amount=money(amount, currency), details=details
+        )
+        resp: pb.RecordCostResponse = await self._call(self.stub.RecordCost, req)
+        return resp
+
+    async def get_budget(self, name: str) -> pb.Budget:
+        resp: pb.GetBudgetResponse = await self._call(self.stub.GetBudget, pb.GetBudgetRequest(name=name))
+        return resp.budget
+
+    # -- administration ------------------------------------------------------------------------
+
+    async def upsert_budget(
+        self,
+        name: str,
+        limit: Amount,
+        *,
+        currency: str = "USD",
+        period: pb.Period.ValueType = pb.MONTHLY,
+        time_zone: str = "",
+        alert_thresholds: Iterable[float] = (),
+        paused: bool = False,
+        labels: dict[str, str] | None = None,
+    ) -> pb.UpsertBudgetResponse:
+        spec = pb.BudgetSpec(
+            limit=money(limit, currency),
+            period=period,
+            time_zone=time_zone,
+            alert_thresholds=list(alert_thresholds),
+            paused=paused,
+            labels=labels or {},
+        )
+        resp: pb.UpsertBudgetResponse = await self._call(
+            self.stub.UpsertBudget, pb.UpsertBudgetRequest(name=name, spec=spec)
+        )
+        return resp
+
+    async def delete_budget(self, name: str, *, allow_missing: bool = False) -> bool:
+        req = pb.DeleteBudgetRequest(name=name, allow_missing=allow_missing)
+        resp: pb.DeleteBudgetResponse = await self._call(self.stub.DeleteBudget, req)
+        return resp.deleted
+
+    async def list_budgets(self, namespace: str = "", page_size: int = 0) -> AsyncIterator[pb.Budget]:
+        token = ""
+        while True:
+            req = pb.ListBudgetsRequest(namespace=namespace, page_size=page_size, page_token=token)
+            resp: pb.ListBudgetsResponse = await self._call(self.stub.ListBudgets, req)
+            for budget in resp.budgets:
+                yield budget
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def transfer(
+        self,
+        from_budget: str,
+        to_budget: str,
+        amount: Amount,
+        *,
+        currency: str = "USD",
+        reason: str = "",
+        request_id: str | None = None,
+    ) -> pb.TransferResponse:
+        req = pb.TransferRequest(
+            request_id=request_id or new_id("t"),
+            from_budget=from_budget,
+            to_budget=to_budget,
+            amount=money(amount, currency),
+            reason=reason,
+        )
+        resp: pb.TransferResponse = await self._call(self.stub.Transfer, req)
+        return resp
+
+    async def ledger_entries(
+        self,
+        budget: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[pb.LedgerEntry]:
+        token = ""
+        while True:
+            req = pb.ListLedgerEntriesRequest(budget=budget, page_size=page_size, page_token=token)
+            if start is not None:
+                req.start_time.CopyFrom(_timestamp(start))
+            if end is not None:
+                req.end_time.CopyFrom(_timestamp(end))
+            resp: pb.ListLedgerEntriesResponse = await self._call(self.stub.ListLedgerEntries, req)
+            for entry in resp.entries:
+                yield entry
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def watch_events(
+        self,
+        *,
+        after_id: int = 0,
+        budgets: Iterable[str] = (),
+        types: Iterable[pb.EventType.ValueType] = (),
+    ) -> AsyncIterator[pb.Event]:
+        """Events after ``after_id``, then live ones; resume after a break from the last id seen."""
+        req = pb.WatchEventsRequest(after_id=after_id, budgets=list(budgets), types=list(types))
+        try:
+            async for resp in self.stub.WatchEvents(req):
+                yield resp.event
+        except grpc.aio.AioRpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
+
+
+def connect(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    retries: int = 3,
+    options: list[tuple[str, object]] | None = None,
+) -> BudgetClient:
+    """A client over a new channel (plaintext unless ``credentials`` are given)."""
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(target, options=options)
+    else:
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
+    return BudgetClient(channel, retries=retries)
