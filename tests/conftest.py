@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import grpc
@@ -66,7 +67,7 @@ def dsn(template_db: str) -> Iterator[str]:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def test_settings(**overrides: object) -> Settings:
+def server_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {
         "listen": "127.0.0.1:0",
         "min_ttl_seconds": 0.2,
@@ -80,7 +81,7 @@ def test_settings(**overrides: object) -> Settings:
 
 @pytest.fixture
 async def authority(dsn: str) -> AsyncIterator[app.Authority]:
-    a = await app.start(test_settings(), dsn)
+    a = await app.start(server_settings(), dsn)
     yield a
     await a.stop(grace=0.5)
 
@@ -110,3 +111,53 @@ async def make_budget(
 ) -> pb.Budget:
     resp = await stub.UpsertBudget(pb.UpsertBudgetRequest(name=name, spec=pb.BudgetSpec(limit=usd(limit), **spec)))
     return resp.budget
+
+
+async def expect_error(call: object, code: grpc.StatusCode, reason: str, field: str | None = None) -> dict[str, str]:
+    """Await ``call``; it must fail with ``code`` and one ErrorInfo of ``reason``; returns its metadata."""
+    from agentbudget.errors import error_info
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    err = caught.value
+    info = error_info(err)
+    assert err.code() == code, f"{err.code()} {err.details()}"
+    assert info is not None and info.reason == reason, f"{info} {err.details()}"
+    assert info.domain == "agentbudget.io"
+    if field is not None:
+        assert info.metadata.get("field") == field, f"{info.metadata} {err.details()}"
+    return dict(info.metadata)
+
+
+async def ledger_rows(dsn: str, budget: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(
+            "SELECT e.* FROM ledger_entries e JOIN budgets b ON b.id = e.budget_id WHERE b.name = $1 ORDER BY e.id",
+            budget,
+        )
+    finally:
+        await conn.close()
+
+
+async def audit(dsn: str) -> list[asyncpg.Record]:
+    """Every period whose balance differs from its ledger (must be empty)."""
+    from agentbudget_server.sql import QUERIES
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(QUERIES["audit_balances"])
+    finally:
+        await conn.close()
+
+
+async def until(probe: Any, want: object, deadline: float = 10.0) -> None:
+    """Poll ``await probe()`` until it equals ``want``, failing after ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        got = await probe()
+        if got == want:
+            return
+        assert loop.time() < end, f"still {got!r}, wanted {want!r}"
+        await asyncio.sleep(0.05)

@@ -45,7 +45,7 @@ async def upsert(pool: asyncpg.Pool, cmd: c.Upsert) -> UpsertResult:
 
 
 async def _create(u: Unit, cmd: c.Upsert) -> UpsertResult:
-    now = await u.conn.fetchval("SELECT clock_timestamp()")
+    now = await u.conn.fetchval(Q["now"])
     u.now = now
     s = cmd.spec
     start, end = periods.bounds(s.period, s.time_zone, now)

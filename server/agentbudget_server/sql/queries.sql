@@ -3,13 +3,13 @@
 
 -- name: lock_budget
 -- The budget row is the lock that serialises every change of its money.
-SELECT b.*, clock_timestamp() AS now
+SELECT b.*, agentbudget_now() AS now
 FROM budgets b
 WHERE b.name = $1 AND ($2 OR b.deleted_at IS NULL)
 FOR UPDATE OF b;
 
 -- name: lock_budget_skip_locked
-SELECT b.*, clock_timestamp() AS now
+SELECT b.*, agentbudget_now() AS now
 FROM budgets b
 WHERE b.name = $1
 FOR UPDATE OF b SKIP LOCKED;
@@ -98,14 +98,14 @@ FROM seq,
 
 -- name: read_budget
 SELECT b.*, p.limit_nanos AS p_limit, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
-       clock_timestamp() AS now
+       agentbudget_now() AS now
 FROM budgets b
 JOIN budget_periods p ON p.budget_id = b.id AND p.period_start = b.period_start
 WHERE b.name = $1 AND b.deleted_at IS NULL;
 
 -- name: list_budgets
 SELECT b.*, p.limit_nanos AS p_limit, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
-       clock_timestamp() AS now
+       agentbudget_now() AS now
 FROM budgets b
 JOIN budget_periods p ON p.budget_id = b.id AND p.period_start = b.period_start
 WHERE b.deleted_at IS NULL AND b.name > $1 AND ($2 = '' OR b.name LIKE $2 || '/%')
@@ -139,9 +139,9 @@ LIMIT $4;
 SELECT b.name
 FROM budgets b
 WHERE EXISTS (SELECT 1 FROM reservations r
-              WHERE r.budget_id = b.id AND r.state = 'ACTIVE' AND r.expires_at <= clock_timestamp())
+              WHERE r.budget_id = b.id AND r.state = 'ACTIVE' AND r.expires_at <= agentbudget_now())
 UNION
-SELECT b.name FROM budgets b WHERE b.deleted_at IS NULL AND b.period_end <= clock_timestamp()
+SELECT b.name FROM budgets b WHERE b.deleted_at IS NULL AND b.period_end <= agentbudget_now()
 LIMIT $1;
 
 -- name: audit_balances
@@ -163,3 +163,6 @@ WHERE p.limit_nanos <> coalesce(l.limit_sum, 0)
    OR p.spent_nanos <> coalesce(l.spent_sum, 0)
    OR p.held_nanos <> coalesce(l.held_sum, 0)
    OR p.held_nanos <> coalesce(r.active_sum, 0);
+
+-- name: now
+SELECT agentbudget_now();

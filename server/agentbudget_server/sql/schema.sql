@@ -2,6 +2,14 @@
 -- The ledger, the holds, the periods and the event outbox.
 -- Money is integer nano-units (1e-9 of the budget's currency) in bigint columns.
 
+-- The authority's clock. The database's, so every replica agrees; a database-level setting
+-- agentbudget.clock_offset (an interval) moves it, which is how tests let a month pass.
+CREATE FUNCTION agentbudget_now() RETURNS timestamptz
+    LANGUAGE sql VOLATILE AS $$
+    SELECT clock_timestamp()
+           + coalesce(nullif(current_setting('agentbudget.clock_offset', true), '')::interval, interval '0')
+$$;
+
 CREATE TABLE budgets (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name            text        NOT NULL UNIQUE,           -- "namespace/name"

@@ -1,0 +1,423 @@
+"""Reserve+Commit throughput and latency of the budget authority, end to end.
+
+One run creates a fresh database, starts one ``agentbudget serve`` process on 127.0.0.1, and
+measures pairs (a Reserve immediately followed by a Commit of a slightly smaller actual) at
+several client counts, against one hot budget and against many budgets. Clients are asyncio
+tasks over grpc.aio, spread over several OS processes that start together at a barrier.
+After every cell the ledger is audited (``audit_balances``, spent <= limit, exact totals).
+
+    .venv/bin/python bench/authority.py [--quick] [--seconds 5] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from agentbudget.client import money
+from agentbudget.v1 import budget_authority_pb2 as pb
+from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+from agentbudget_server.sql import QUERIES
+
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+HOST = "127.0.0.1"
+LIMIT = "1000000000"  # the largest allowed: never denies at these rates
+HOLD = money("0.01")
+ACTUAL = money("0.009")
+ACTUAL_NANOS = 9_000_000
+RPC_TIMEOUT = 10.0
+# One TCP connection per client channel (gRPC otherwise shares subchannels between channels).
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@dataclass(frozen=True)
+class Job:
+    target: str
+    budgets: list[str]
+    clients: int
+    warmup: float
+    seconds: float
+    tag: str
+
+
+@dataclass
+class WorkerResult:
+    latencies: list[float] = field(default_factory=list)  # seconds, pairs completed in the window
+    pairs_total: int = 0  # every completed pair, warm-up and drain included
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    scenario: str
+    clients: int
+    workers: int
+    seconds: float
+    pairs: int
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    error_samples: list[str]
+    problems: list[str]
+
+
+# -- load generator (runs in worker processes) ---------------------------------------------------
+
+
+async def _client(
+    stub: pb_grpc.BudgetAuthorityStub, job: Job, name: str, start: float, end: float, out: WorkerResult
+) -> None:
+    rng = random.Random(name)
+    seq = 0
+    while (began := time.monotonic()) < end:
+        budget = job.budgets[0] if len(job.budgets) == 1 else rng.choice(job.budgets)
+        rid = f"{name}-{seq}"
+        seq += 1
+        try:
+            await stub.Reserve(
+                pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD), timeout=RPC_TIMEOUT
+            )
+            await stub.Commit(
+                pb.CommitRequest(budget=budget, reservation_id=rid, actual=ACTUAL), timeout=RPC_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            out.errors += 1
+            if len(out.error_samples) < 5:
+                out.error_samples.append(f"{exc.code().name}: {exc.details()}")
+            await asyncio.sleep(0.01)
+            continue
+        done = time.monotonic()
+        out.pairs_total += 1
+        if start <= done <= end:
+            out.latencies.append(done - began)
+
+
+async def _worker(job: Job, barrier: Barrier) -> WorkerResult:
+    channels = [grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS) for _ in range(job.clients)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 30)
+        await asyncio.to_thread(barrier.wait, 60)
+        start = time.monotonic() + job.warmup  # CLOCK_MONOTONIC: one clock for all processes
+        end = start + job.seconds
+        out = WorkerResult()
+        await asyncio.gather(
+            *(
+                _client(pb_grpc.BudgetAuthorityStub(ch), job, f"{job.tag}-{i}", start, end, out)
+                for i, ch in enumerate(channels)
+            )
+        )
+        return out
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
+
+
+def worker_main(job: Job, barrier: Barrier, results: mp.Queue[WorkerResult]) -> None:
+    results.put(asyncio.run(_worker(job, barrier)))
+
+
+def run_load(
+    target: str, budgets: list[str], clients: int, workers: int, warmup: float, seconds: float, tag: str
+) -> WorkerResult:
+    ctx = mp.get_context("spawn")
+    workers = min(workers, clients)
+    barrier = ctx.Barrier(workers)
+    results: mp.Queue[WorkerResult] = ctx.Queue()
+    share, extra = divmod(clients, workers)
+    procs = [
+        ctx.Process(
+            target=worker_main,
+            daemon=True,
+            args=(
+                Job(target, budgets, share + (i < extra), warmup, seconds, f"{tag}-w{i}"),
+                barrier,
+                results,
+            ),
+        )
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    merged = WorkerResult()
+    deadline = time.monotonic() + warmup + seconds + 120
+    received = 0
+    try:
+        while received < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("load workers did not finish in time")
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise RuntimeError(f"a load worker failed: exit codes {[p.exitcode for p in procs]}")
+            try:
+                r = results.get(timeout=0.5)
+            except Exception:  # queue.Empty
+                continue
+            received += 1
+            merged.latencies += r.latencies
+            merged.pairs_total += r.pairs_total
+            merged.errors += r.errors
+            merged.error_samples += r.error_samples[: 5 - len(merged.error_samples)]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    return merged
+
+
+# -- database, server, audit -------------------------------------------------------------------------
+
+
+def dsn_for(admin_dsn: str, database: str) -> str:
+    base, _, rest = admin_dsn.rpartition("/")
+    _, sep, query = rest.partition("?")
+    return f"{base}/{database}{sep}{query}"
+
+
+async def admin(admin_dsn: str, sql: str) -> str:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(sql)
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+class Server:
+    def __init__(self, dsn: str, workdir: Path) -> None:
+        self.ready = workdir / "ready"
+        self.log = workdir / "server.log"
+        binary = Path(sys.executable).with_name("agentbudget")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(binary),
+                    "serve",
+                    "--listen",
+                    f"{HOST}:0",
+                    "--database-url",
+                    dsn,
+                    "--ready-file",
+                    str(self.ready),
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.port = self._wait_ready(60)
+
+    def _wait_ready(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log_tail()}")
+            text = self.ready.read_text().strip() if self.ready.exists() else ""
+            if text.isdigit():
+                return int(text)
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def create_budgets(target: str, names: list[str]) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.BudgetAuthorityStub(channel)
+        gate = asyncio.Semaphore(16)
+
+        async def one(name: str) -> None:
+            async with gate:
+                await stub.UpsertBudget(
+                    pb.UpsertBudgetRequest(name=name, spec=pb.BudgetSpec(limit=money(LIMIT)))
+                )
+
+        await asyncio.gather(*(one(n) for n in names))
+
+
+async def totals(dsn: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(spent_nanos), 0), coalesce(sum(held_nanos), 0) FROM budget_periods"
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()
+
+
+async def audit(dsn: str, spent_before: int, load: WorkerResult) -> list[str]:
+    """Problems found in the ledger after a cell; empty when it is consistent."""
+    problems: list[str] = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        for row in await conn.fetch(QUERIES["audit_balances"]):
+            problems.append(f"audit_balances mismatch: {dict(row)}")
+        for row in await conn.fetch(
+            "SELECT b.name, p.period_start, p.spent_nanos, p.limit_nanos FROM budget_periods p "
+            "JOIN budgets b ON b.id = p.budget_id WHERE p.spent_nanos > p.limit_nanos"
+        ):
+            problems.append(f"spent exceeds limit: {dict(row)}")
+    finally:
+        await conn.close()
+    spent, held = await totals(dsn)
+    if load.errors == 0:  # with errors a pair may have half-happened: the exact totals do not apply
+        expected = spent_before + load.pairs_total * ACTUAL_NANOS
+        if spent != expected:
+            problems.append(f"spent {spent} nanos, expected {expected} ({load.pairs_total} pairs)")
+        if held != 0:
+            problems.append(f"{held} nanos still held after all pairs committed")
+    return problems
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def run_cell(
+    args: argparse.Namespace, target: str, dsn: str, scenario: str, budgets: list[str], clients: int
+) -> Cell:
+    spent_before, _ = asyncio.run(totals(dsn))
+    tag = f"{scenario}-{clients}-{uuid.uuid4().hex[:6]}"
+    load = run_load(target, budgets, clients, args.workers, args.warmup, args.seconds, tag)
+    lat = sorted(load.latencies)
+    return Cell(
+        scenario=scenario,
+        clients=clients,
+        workers=min(args.workers, clients),
+        seconds=args.seconds,
+        pairs=len(lat),
+        pairs_per_s=len(lat) / args.seconds,
+        p50_ms=percentile(lat, 0.50) * 1000,
+        p99_ms=percentile(lat, 0.99) * 1000,
+        errors=load.errors,
+        error_samples=load.error_samples,
+        problems=asyncio.run(audit(dsn, spent_before, load)),
+    )
+
+
+def render(cells: list[Cell], machine: str) -> str:
+    lines = [
+        f"{'scenario':<14} {'clients':>7} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  audit"
+    ]
+    for c in cells:
+        lines.append(
+            f"{c.scenario:<14} {c.clients:>7} {c.pairs_per_s:>9.0f} {c.p50_ms:>8.2f} {c.p99_ms:>8.2f} "
+            f"{c.errors:>6}  {'ok' if not c.problems else 'FAILED'}"
+        )
+    lines.append(machine)
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    cpus = len(os.sched_getaffinity(0))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--admin-dsn",
+        default=os.environ.get("AGENTBUDGET_BENCH_ADMIN_DSN", DEFAULT_ADMIN_DSN),
+        help="PostgreSQL DSN allowed to CREATE DATABASE (env AGENTBUDGET_BENCH_ADMIN_DSN)",
+    )
+    p.add_argument("--seconds", type=float, default=5.0, help="measured duration per cell")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured load before each cell")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 s per cell, 0.3 s warm-up")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64], help="concurrent clients per cell")
+    p.add_argument("--budgets", type=int, default=1000, help="budgets of the spread scenario")
+    p.add_argument("--workers", type=int, default=min(4, max(2, cpus)), help="load-generator processes")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    if args.quick:
+        args.seconds, args.warmup = 1.0, 0.3
+    if args.seconds <= 0 or args.warmup < 0 or args.workers < 1 or args.budgets < 1 or min(args.clients) < 1:
+        p.error("durations, workers, budgets and clients must be positive")
+    if max(args.clients) > 1024:
+        p.error("at most 1024 clients")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    database = f"agentbudget_bench_{uuid.uuid4().hex[:10]}"
+    dsn = dsn_for(args.admin_dsn, database)
+    version = asyncio.run(admin(args.admin_dsn, f'CREATE DATABASE "{database}"'))
+    machine = (
+        f"machine: nproc={len(os.sched_getaffinity(0))}, load workers<={args.workers}, "
+        f"PostgreSQL {version}, {args.seconds:g} s per cell after {args.warmup:g} s warm-up"
+    )
+    cells: list[Cell] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="agentbudget-bench-") as workdir:
+            server = Server(dsn, Path(workdir))
+            try:
+                target = f"{HOST}:{server.port}"
+                scenarios = {
+                    "hot-1": ["bench/hot"],
+                    f"spread-{args.budgets}": [f"bench/b-{i:05d}" for i in range(args.budgets)],
+                }
+                for scenario, budgets in scenarios.items():
+                    asyncio.run(create_budgets(target, budgets))
+                    for clients in args.clients:
+                        cells.append(run_cell(args, target, dsn, scenario, budgets, clients))
+                        c = cells[-1]
+                        print(
+                            f"  {scenario} x{clients}: {c.pairs_per_s:.0f} pairs/s, {c.errors} errors",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                server_log = server.log_tail(50)
+            finally:
+                server.stop()
+    finally:
+        asyncio.run(admin(args.admin_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+    print(render(cells, machine))
+    failed = False
+    for c in cells:
+        for line in c.error_samples + c.problems:
+            print(f"{c.scenario} x{c.clients}: {line}")
+        failed = failed or bool(c.problems)
+    if server_log.strip():
+        print(f"server log (WARNING and above, last lines):\n{server_log}")
+    if args.json:
+        report: dict[str, Any] = {
+            "machine": machine,
+            "postgres": version,
+            "cells": [asdict(c) for c in cells],
+        }
+        args.json.write_text(json.dumps(report, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
