@@ -16,13 +16,16 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -34,6 +37,7 @@ from agentbudget.client import money
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server.sql import QUERIES
+from agentbudget_server.tables import render_table
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOST = "127.0.0.1"
@@ -75,6 +79,7 @@ class Cell:
     p50_ms: float
     p99_ms: float
     errors: int
+    server_cpu_pct: float
     error_samples: list[str]
     problems: list[str]
 
@@ -134,11 +139,19 @@ def worker_main(job: Job, barrier: Barrier, results: mp.Queue[WorkerResult]) -> 
 
 
 def run_load(
-    target: str, budgets: list[str], clients: int, workers: int, warmup: float, seconds: float, tag: str
-) -> WorkerResult:
+    target: str,
+    budgets: list[str],
+    clients: int,
+    workers: int,
+    warmup: float,
+    seconds: float,
+    tag: str,
+    server_cpu: Callable[[], float],
+) -> tuple[WorkerResult, float]:
+    """The merged results of the workers, and the server's CPU use (1.0 = one core) while measured."""
     ctx = mp.get_context("spawn")
     workers = min(workers, clients)
-    barrier = ctx.Barrier(workers)
+    barrier = ctx.Barrier(workers + 1)  # the parent too: it times the server over the measured window
     results: mp.Queue[WorkerResult] = ctx.Queue()
     share, extra = divmod(clients, workers)
     procs = [
@@ -156,9 +169,17 @@ def run_load(
     for p in procs:
         p.start()
     merged = WorkerResult()
-    deadline = time.monotonic() + warmup + seconds + 120
     received = 0
     try:
+        try:
+            barrier.wait(90)
+        except threading.BrokenBarrierError:
+            raise RuntimeError("load workers did not reach the start barrier") from None
+        time.sleep(warmup)
+        cpu_before = server_cpu()
+        time.sleep(seconds)
+        cpu = (server_cpu() - cpu_before) / seconds
+        deadline = time.monotonic() + 120
         while received < workers:
             if time.monotonic() > deadline:
                 raise RuntimeError("load workers did not finish in time")
@@ -166,7 +187,7 @@ def run_load(
                 raise RuntimeError(f"a load worker failed: exit codes {[p.exitcode for p in procs]}")
             try:
                 r = results.get(timeout=0.5)
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 continue
             received += 1
             merged.latencies += r.latencies
@@ -178,7 +199,7 @@ def run_load(
             p.join(10)
             if p.is_alive():
                 p.kill()
-    return merged
+    return merged, cpu
 
 
 # -- database, server, audit -------------------------------------------------------------------------
@@ -222,6 +243,7 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
         self.port = self._wait_ready(60)
+        self.target = f"{HOST}:{self.port}"
 
     def _wait_ready(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -233,6 +255,10 @@ class Server:
                 return int(text)
             time.sleep(0.05)
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def cpu_seconds(self) -> float:
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -307,11 +333,13 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run_cell(
-    args: argparse.Namespace, target: str, dsn: str, scenario: str, budgets: list[str], clients: int
+    args: argparse.Namespace, server: Server, dsn: str, scenario: str, budgets: list[str], clients: int
 ) -> Cell:
     spent_before, _ = asyncio.run(totals(dsn))
     tag = f"{scenario}-{clients}-{uuid.uuid4().hex[:6]}"
-    load = run_load(target, budgets, clients, args.workers, args.warmup, args.seconds, tag)
+    load, cpu = run_load(
+        server.target, budgets, clients, args.workers, args.warmup, args.seconds, tag, server.cpu_seconds
+    )
     lat = sorted(load.latencies)
     return Cell(
         scenario=scenario,
@@ -323,22 +351,28 @@ def run_cell(
         p50_ms=percentile(lat, 0.50) * 1000,
         p99_ms=percentile(lat, 0.99) * 1000,
         errors=load.errors,
+        server_cpu_pct=cpu * 100,
         error_samples=load.error_samples,
         problems=asyncio.run(audit(dsn, spent_before, load)),
     )
 
 
 def render(cells: list[Cell], machine: str) -> str:
-    lines = [
-        f"{'scenario':<14} {'clients':>7} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  audit"
+    headers = ["SCENARIO", "CLIENTS", "PAIRS/S", "P50 MS", "P99 MS", "ERRORS", "SERVER CPU", "AUDIT"]
+    rows = [
+        [
+            c.scenario,
+            str(c.clients),
+            f"{c.pairs_per_s:.0f}",
+            f"{c.p50_ms:.2f}",
+            f"{c.p99_ms:.2f}",
+            str(c.errors),
+            f"{c.server_cpu_pct:.0f}%",
+            "ok" if not c.problems else "FAILED",
+        ]
+        for c in cells
     ]
-    for c in cells:
-        lines.append(
-            f"{c.scenario:<14} {c.clients:>7} {c.pairs_per_s:>9.0f} {c.p50_ms:>8.2f} {c.p99_ms:>8.2f} "
-            f"{c.errors:>6}  {'ok' if not c.problems else 'FAILED'}"
-        )
-    lines.append(machine)
-    return "\n".join(lines)
+    return f"{render_table(headers, rows)}\n{machine}"
 
 
 def parse_args() -> argparse.Namespace:
@@ -372,23 +406,23 @@ def main() -> int:
     dsn = dsn_for(args.admin_dsn, database)
     version = asyncio.run(admin(args.admin_dsn, f'CREATE DATABASE "{database}"'))
     machine = (
-        f"machine: nproc={len(os.sched_getaffinity(0))}, load workers<={args.workers}, "
-        f"PostgreSQL {version}, {args.seconds:g} s per cell after {args.warmup:g} s warm-up"
+        f"machine: nproc={len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
+        f"PostgreSQL {version}; {args.workers} load processes at most, "
+        f"{args.seconds:g} s per cell after {args.warmup:g} s warm-up"
     )
     cells: list[Cell] = []
     try:
         with tempfile.TemporaryDirectory(prefix="agentbudget-bench-") as workdir:
             server = Server(dsn, Path(workdir))
             try:
-                target = f"{HOST}:{server.port}"
                 scenarios = {
                     "hot-1": ["bench/hot"],
                     f"spread-{args.budgets}": [f"bench/b-{i:05d}" for i in range(args.budgets)],
                 }
                 for scenario, budgets in scenarios.items():
-                    asyncio.run(create_budgets(target, budgets))
+                    asyncio.run(create_budgets(server.target, budgets))
                     for clients in args.clients:
-                        cells.append(run_cell(args, target, dsn, scenario, budgets, clients))
+                        cells.append(run_cell(args, server, dsn, scenario, budgets, clients))
                         c = cells[-1]
                         print(
                             f"  {scenario} x{clients}: {c.pairs_per_s:.0f} pairs/s, {c.errors} errors",

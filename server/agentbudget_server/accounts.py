@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from . import periods, rules
+from . import db, periods, rules
 from .errors import BudgetNotFound
 from .model import BudgetRow, Details, PeriodRow
 from .money import checked_sum
@@ -227,7 +227,7 @@ class Unit:
 @asynccontextmanager
 async def unit(pool: asyncpg.Pool) -> AsyncIterator[Unit]:
     """One transaction; events are written as its last statement, just before the commit."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.connection(pool) as conn, conn.transaction():
         u = Unit(conn)
         yield u
         await u.flush()

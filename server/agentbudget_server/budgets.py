@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from . import commands as c
-from . import periods, rules
+from . import db, periods, rules
 from .accounts import Account, Posting, Unit, unit
 from .errors import (
     BudgetConflict,
@@ -17,6 +17,7 @@ from .errors import (
     IdempotencyKeyReused,
     InvalidField,
     TransferExceedsAvailable,
+    sums_of,
 )
 from .model import BudgetRow, BudgetView, Entry, PeriodRow, Spec
 from .rules import Balance, EventType
@@ -33,15 +34,20 @@ class UpsertResult:
 async def upsert(pool: asyncpg.Pool, cmd: c.Upsert) -> UpsertResult:
     for attempt in range(2):
         try:
-            async with unit(pool) as u:
-                account = await u.lock_optional(cmd.name)
-                if account is None:
-                    return await _create(u, cmd)
-                return await _update(u, account, cmd.spec)
+            with sums_of("spec.limit"):
+                return await _upsert(pool, cmd)
         except asyncpg.UniqueViolationError:
             if attempt:  # a concurrent create of the same name won; the second try updates it
                 raise
     raise AssertionError("unreachable")
+
+
+async def _upsert(pool: asyncpg.Pool, cmd: c.Upsert) -> UpsertResult:
+    async with unit(pool) as u:
+        account = await u.lock_optional(cmd.name)
+        if account is None:
+            return await _create(u, cmd)
+        return await _update(u, account, cmd.spec)
 
 
 async def _create(u: Unit, cmd: c.Upsert) -> UpsertResult:
@@ -141,7 +147,8 @@ def _current_view(row: asyncpg.Record) -> BudgetView:
 
 
 async def get(pool: asyncpg.Pool, name: str) -> BudgetView:
-    row = await pool.fetchrow(Q["read_budget"], name)
+    async with db.connection(pool) as conn:
+        row = await conn.fetchrow(Q["read_budget"], name)
     if row is None:
         raise BudgetNotFound(name)
     return _current_view(row)
@@ -150,7 +157,8 @@ async def get(pool: asyncpg.Pool, name: str) -> BudgetView:
 async def list_budgets(
     pool: asyncpg.Pool, namespace: str, after: str, page_size: int
 ) -> tuple[list[BudgetView], str | None]:
-    rows = await pool.fetch(Q["list_budgets"], after, namespace, page_size + 1)
+    async with db.connection(pool) as conn:
+        rows = await conn.fetch(Q["list_budgets"], after, namespace, page_size + 1)
     views = [_current_view(r) for r in rows[:page_size]]
     more = len(rows) > page_size
     return views, (views[-1].budget.name if more and views else None)
@@ -161,7 +169,8 @@ async def transfer(
 ) -> bytes:
     for attempt in range(2):
         try:
-            return await _transfer(pool, cmd, encode)
+            with sums_of("amount"):
+                return await _transfer(pool, cmd, encode)
         except asyncpg.UniqueViolationError:
             if attempt:  # the same request id raced on another budget pair; now it is stored
                 raise
@@ -217,10 +226,11 @@ async def _transfer(
 
 
 async def list_entries(pool: asyncpg.Pool, cmd: c.ListEntries) -> tuple[list[Entry], int | None]:
-    budget_id = await pool.fetchval(Q["find_budget_id"], cmd.budget)
-    if budget_id is None:
-        raise BudgetNotFound(cmd.budget)
-    rows = await pool.fetch(Q["list_entries"], budget_id, cmd.after_id, cmd.start, cmd.end, cmd.page_size + 1)
+    async with db.connection(pool) as conn:
+        budget_id = await conn.fetchval(Q["find_budget_id"], cmd.budget)
+        if budget_id is None:
+            raise BudgetNotFound(cmd.budget)
+        rows = await conn.fetch(Q["list_entries"], budget_id, cmd.after_id, cmd.start, cmd.end, cmd.page_size + 1)
     entries = [Entry.from_record(r) for r in rows[: cmd.page_size]]
     more = len(rows) > cmd.page_size
     return entries, (entries[-1].id if more and entries else None)

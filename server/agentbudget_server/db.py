@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 import asyncpg
+
+from .errors import DatabaseUnavailable
 
 from . import sql
 
@@ -29,6 +33,22 @@ async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
     )
     assert pool is not None
     return pool
+
+
+ACQUIRE_TIMEOUT = 10.0
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; failing to get one at all is the database being unavailable."""
+    try:
+        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot reach the ledger database ({type(exc).__name__}); retry") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 async def migrate(dsn: str) -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .money import format_nanos
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .money import MoneyError, format_nanos
 
 
 class AuthorityError(Exception):
@@ -106,3 +109,12 @@ class BudgetConflict(AuthorityError):
 class DatabaseUnavailable(AuthorityError):
     code = "UNAVAILABLE"
     reason = "DATABASE_UNAVAILABLE"
+
+
+@contextmanager
+def sums_of(field: str) -> Iterator[None]:
+    """A running sum that would leave the ledger's exact range is the caller's amount's fault."""
+    try:
+        yield
+    except MoneyError as exc:
+        raise InvalidField(field, str(exc), reason=exc.reason) from None

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from . import commands as c
+from . import db
 from .model import Event
 from .sql import QUERIES as Q
 
@@ -72,7 +73,8 @@ class EventHub:
         cursor = flt.after_id
         while not self._closed.is_set():
             changed = self._changed
-            rows = await self.pool.fetch(Q["list_events"], cursor, list(flt.budgets), list(flt.types), BATCH)
+            async with db.connection(self.pool) as conn:
+                rows = await conn.fetch(Q["list_events"], cursor, list(flt.budgets), list(flt.types), BATCH)
             for row in rows:
                 event = Event.from_record(row)
                 cursor = event.id

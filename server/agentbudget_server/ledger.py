@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from . import commands as c
-from . import rules
+from . import db, rules
 from .accounts import Account, Posting, Unit, unit
 from .errors import (
     BudgetExceeded,
@@ -23,6 +23,7 @@ from .errors import (
     InvalidField,
     ReservationEnded,
     ReservationNotFound,
+    sums_of,
 )
 from .model import Entry, ReservationView
 from .money import checked_sum
@@ -52,6 +53,11 @@ def _check_currency(account: Account, currency: str, field: str) -> None:
 
 
 async def reserve(pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes]) -> bytes:
+    with sums_of("amount"):
+        return await _reserve(pool, cmd, encode)
+
+
+async def _reserve(pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes]) -> bytes:
     denial: BudgetExceeded | None = None
     async with unit(pool) as u:
         account = await u.lock(cmd.budget)
@@ -132,6 +138,11 @@ async def _ending(
 
 
 async def commit(pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes]) -> bytes:
+    with sums_of("actual"):
+        return await _commit(pool, cmd, encode)
+
+
+async def _commit(pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes]) -> bytes:
     async with unit(pool) as u:
         account = await u.lock(cmd.budget)
         row, replay = await _ending(u, account, cmd.reservation_id, cmd.fingerprint, "COMMITTED")
@@ -231,6 +242,11 @@ async def release(pool: asyncpg.Pool, cmd: c.Release, encode: Callable[[HoldResu
 
 
 async def record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes]) -> bytes:
+    with sums_of("amount"):
+        return await _record_cost(pool, cmd, encode)
+
+
+async def _record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes]) -> bytes:
     async with unit(pool) as u:
         account = await u.lock(cmd.budget)
         scope = f"charge:{account.budget.id}"
@@ -278,7 +294,7 @@ async def sweep(pool: asyncpg.Pool, batch: int = 100) -> int:
     Safe on every replica at once: each budget is handled under its lock, and one that another
     transaction holds is skipped (that transaction, or the next sweep, does the work).
     """
-    async with pool.acquire() as conn:
+    async with db.connection(pool) as conn:
         names = [r["name"] for r in await conn.fetch(Q["due_budgets"], batch)]
     for name in names:
         async with unit(pool) as u:

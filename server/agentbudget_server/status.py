@@ -54,10 +54,22 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -
     return out
 
 
+# SQLSTATE classes of a lost or refused connection, an operator's intervention, or no resources.
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P", "53", "40001", "40P01")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES)
+    return isinstance(exc, asyncpg.exceptions.InternalClientError)  # a connection broken mid-call
+
+
 def classify(exc: BaseException) -> AuthorityError:
     if isinstance(exc, AuthorityError):
         return exc
-    if isinstance(exc, UNAVAILABLE_ERRORS):
+    if _unavailable(exc):
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         err = AuthorityError("the ledger database is unavailable; retry with the same id")
         err.code, err.reason = "UNAVAILABLE", "DATABASE_UNAVAILABLE"

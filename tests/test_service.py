@@ -1,0 +1,131 @@
+"""The process around the servicer: health, reflection, shutdown order, database outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import grpc
+from conftest import ADMIN_DSN, expect_error, make_budget, usd
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agentbudget.v1 import budget_authority_pb2 as pb
+from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+
+Code = grpc.StatusCode
+SERVICE = "agentbudget.v1.BudgetAuthority"
+
+
+async def test_health_reports_serving_for_the_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_services_like_grpcurl_would(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    async for resp in call:
+        names = {s.name for s in resp.list_services_response.service}
+        break
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+    call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]))
+    async for resp in call:
+        assert resp.file_descriptor_response.file_descriptor_proto
+        break
+
+
+async def test_sigterm_turns_health_not_serving_before_the_server_stops(dsn):
+    ready = Path(tempfile.mkdtemp()) / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentbudget_server", "serve", "--listen", "127.0.0.1:0", "--database-url", dsn,
+         "--ready-file", str(ready), "--grace-seconds", "2", "--log-level", "WARNING"],
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not ready.exists() or not ready.read_text():
+            assert proc.poll() is None and loop.time() < deadline, "server did not start"
+            await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ready.read_text()}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+            seen = []
+            async for resp in watch:
+                seen.append(resp.status)
+                if len(seen) == 1:
+                    proc.send_signal(signal.SIGTERM)
+                else:
+                    break
+            assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_a_database_outage_is_unavailable_and_service_resumes_after_it(stub, dsn):
+    await make_budget(stub)
+    database = dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        req = pb.ReserveRequest(budget="team/agent", reservation_id="r1", amount=usd("1"))
+        await expect_error(stub.Reserve(req), Code.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        granted = await stub.Reserve(req)  # the same id, retried after the outage
+        assert granted.reservation.state == pb.RESERVATION_ACTIVE
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+def test_cli_drives_a_budget_from_the_shell(dsn, tmp_path):
+    ready = tmp_path / "port"
+    env = {**os.environ, "AGENTBUDGET_DATABASE_URL": dsn}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentbudget_server", "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not ready.exists() or not ready.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        target = ["--target", f"127.0.0.1:{ready.read_text()}"]
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "agentbudget_server", *args, *target], capture_output=True, text=True, timeout=30
+            )
+
+        made = cli("budget", "set", "team/research", "--limit", "20")
+        assert made.returncode == 0 and "team/research" in made.stdout and "20.00 USD" in made.stdout
+        assert cli("reserve", "team/research", "2.50", "--id", "r1").returncode == 0
+        done = cli("commit", "team/research", "r1", "1.25", "--json")
+        assert done.returncode == 0 and '"state": "RESERVATION_COMMITTED"' in done.stdout
+        denied = cli("reserve", "team/research", "100")
+        assert denied.returncode == 1 and "BUDGET_EXCEEDED" in denied.stderr and "18.75" in denied.stderr
+        shown = cli("budget", "list")
+        assert "18.75 USD" in shown.stdout and "ACTIVE" in shown.stdout
+        events = cli("events")
+        assert "BUDGET_CREATED" in events.stdout and "RESERVATION_DENIED" in events.stdout
+        bad = cli("budget", "set", "team/x", "--limit", "1.0000000001")
+        assert bad.returncode == 2 and "nano" in bad.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
