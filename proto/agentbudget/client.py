@@ -32,6 +32,7 @@ from .v1 import budget_authority_pb2_grpc as pb_grpc
 T = TypeVar("T")
 Amount = Decimal | str | int | Money
 NANOS = 1_000_000_000
+MAX_BACKOFF = 2.0
 
 
 def money(amount: Amount, currency: str = "USD") -> Money:
@@ -151,7 +152,7 @@ class BudgetClient:
                 if not isinstance(error, UnavailableError) or attempt >= self.retries:
                     raise error from rpc_error
             attempt += 1
-            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            await asyncio.sleep(min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1)))
 
     # -- agents --------------------------------------------------------------------------------
 
