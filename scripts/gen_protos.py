@@ -12,7 +12,6 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -60,7 +59,11 @@ def main() -> int:
     check_pins()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        stale = [p.name for p in fresh if not (PROTO_DIR / p.name).exists() or not filecmp.cmp(p, PROTO_DIR / p.name, shallow=False)]
+        stale = [
+            p.name
+            for p in fresh
+            if not (PROTO_DIR / p.name).exists() or not filecmp.cmp(p, PROTO_DIR / p.name, shallow=False)
+        ]
         if opts.check:
             if stale:
                 print("gen_protos: out of date: " + ", ".join(stale), file=sys.stderr)

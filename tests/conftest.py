@@ -16,13 +16,12 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.type.money_pb2 import Money
-
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server import app, db
 from agentbudget_server.money import parse_decimal, to_parts
 from agentbudget_server.settings import Settings
+from google.type.money_pb2 import Money
 
 ADMIN_DSN = os.environ.get("AGENTBUDGET_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -23,13 +23,12 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.type.money_pb2 import Money
-
 from agentbudget.errors import error_info
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server.sql import QUERIES
+from google.protobuf.duration_pb2 import Duration
+from google.type.money_pb2 import Money
 
 NANO = 1_000_000_000
 CENT = NANO // 100
@@ -203,30 +202,35 @@ class Agent:
         m = self.mix
         amount = self.rng.randint(m.min_amount, m.max_amount)
         r = self.rng.random()
-        fate = "release"
-        for name, share in (("below", m.commit_below), ("equal", m.commit_equal), ("over", m.commit_over)):
+        cuts = (m.commit_below, m.commit_equal, m.commit_over, m.expire)
+        kinds = ("below", "equal", "over", "expire")
+        kind = "release"
+        for name, share in zip(kinds, cuts, strict=True):
             if r < share:
-                fate = "commit"
+                kind = name
                 break
             r -= share
-        else:
-            if r < m.expire:
-                fate = "expire"
-        hold = Hold(self.budget, f"{self.name}.g{self.generation}.{self.serial}", amount, fate,
-                    m.expire_ttl if fate == "expire" else m.ttl)
-        if fate == "commit":
-            if name == "below":
-                hold.actual = self.rng.randint(0, amount - 1)
-            elif name == "equal":
-                hold.actual = amount
-            else:
-                hold.actual = amount + self.rng.randint(1, 20 * CENT)
+        fate = kind if kind in ("expire", "release") else "commit"
+        hold = Hold(
+            self.budget,
+            f"{self.name}.g{self.generation}.{self.serial}",
+            amount,
+            fate,
+            m.expire_ttl if fate == "expire" else m.ttl,
+        )
+        if kind == "below":
+            hold.actual = self.rng.randint(0, amount - 1)
+        elif kind == "equal":
+            hold.actual = amount
+        elif kind == "over":
+            hold.actual = amount + self.rng.randint(1, 20 * CENT)
         return hold
 
     async def _reserve(self, hold: Hold) -> None:
         self.tally.holds[(hold.budget, hold.rid)] = hold
-        req = pb.ReserveRequest(budget=hold.budget, reservation_id=hold.rid, amount=money(hold.amount),
-                                ttl=duration(hold.ttl))
+        req = pb.ReserveRequest(
+            budget=hold.budget, reservation_id=hold.rid, amount=money(hold.amount), ttl=duration(hold.ttl)
+        )
         try:
             resp = await self._call("Reserve", req)
         except grpc.aio.AioRpcError as err:
@@ -307,6 +311,13 @@ class Agent:
             await self._close()
 
 
+async def create_budgets(address: str, limits: dict[str, int]) -> None:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
+        stub = pb_grpc.BudgetAuthorityStub(ch)
+        for name, limit in limits.items():
+            await stub.UpsertBudget(pb.UpsertBudgetRequest(name=name, spec=pb.BudgetSpec(limit=money(limit))))
+
+
 async def top_up(
     addresses: list[str],
     budgets: dict[str, int],
@@ -334,8 +345,13 @@ async def top_up(
                     spec = pb.BudgetSpec(limit=money(budgets[name]))
                     await stub.UpsertBudget(pb.UpsertBudgetRequest(name=name, spec=spec), timeout=CALL_TIMEOUT)
                 else:
-                    req = pb.TransferRequest(request_id=f"topup-{i}", from_budget=treasury, to_budget=name,
-                                             amount=money(amount), reason="load top-up")
+                    req = pb.TransferRequest(
+                        request_id=f"topup-{i}",
+                        from_budget=treasury,
+                        to_budget=name,
+                        amount=money(amount),
+                        reason="load top-up",
+                    )
                     await stub.Transfer(req, timeout=CALL_TIMEOUT)
                 tally.topups += 1
             except grpc.aio.AioRpcError as err:
@@ -407,9 +423,7 @@ async def check_balances(conn: asyncpg.Connection) -> list[str]:
     ):
         key = (p["name"], p["period_start"])
         if p["spent_nanos"] - excess[key] > p["limit_nanos"]:
-            problems.append(
-                f"{key}: spent {p['spent_nanos']} - overruns {excess[key]} > limit {p['limit_nanos']}"
-            )
+            problems.append(f"{key}: spent {p['spent_nanos']} - overruns {excess[key]} > limit {p['limit_nanos']}")
         if p["spent_nanos"] > p["limit_nanos"] and excess[key] == 0:
             problems.append(f"{key}: spent {p['spent_nanos']} over limit {p['limit_nanos']} without an overrun")
     return problems
@@ -423,9 +437,7 @@ async def check_holds(conn: asyncpg.Connection, tally: Tally, *, allow_active: b
     problems: list[str] = []
     reservations = {
         (r["name"], r["reservation_id"]): r
-        for r in await conn.fetch(
-            "SELECT b.name, r.* FROM reservations r JOIN budgets b ON b.id = r.budget_id"
-        )
+        for r in await conn.fetch("SELECT b.name, r.* FROM reservations r JOIN budgets b ON b.id = r.budget_id")
     }
     count_rows = await conn.fetch(
         "SELECT b.name, r.reservation_id, count(*) AS n FROM reservations r "
@@ -460,7 +472,9 @@ async def check_holds(conn: asyncpg.Connection, tally: Tally, *, allow_active: b
         else:
             expected = "EXPIRY" if state == "COMMITTED" and row["late"] else ENDING[state]
             if [e["entry_type"] for e in endings] != [expected]:
-                problems.append(f"{key}: {state} (late={row['late']}) but ending rows {[e['entry_type'] for e in endings]}")
+                problems.append(
+                    f"{key}: {state} (late={row['late']}) but ending rows {[e['entry_type'] for e in endings]}"
+                )
         charges = kinds.get("CHARGE", 0)
         if charges != (1 if state == "COMMITTED" and row["late"] else 0):
             problems.append(f"{key}: {charges} CHARGE rows in state {state} late={row['late']}")

@@ -6,14 +6,13 @@ import asyncio
 
 import grpc
 import pytest
+from agentbudget.errors import error_info
+from agentbudget.v1 import budget_authority_pb2 as pb
 from conftest import expect_error, ledger_rows, make_budget, usd
 from google.protobuf.duration_pb2 import Duration
 from google.type.money_pb2 import Money
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from agentbudget.errors import error_info
-from agentbudget.v1 import budget_authority_pb2 as pb
 
 B = "team/agent"
 Code = grpc.StatusCode
@@ -67,7 +66,10 @@ async def test_amounts_beyond_the_exact_range_are_an_overflow(stub):
     await expect_error(stub.Reserve(r(amount=huge)), Code.INVALID_ARGUMENT, "AMOUNT_OVERFLOW", "amount")
     spec = pb.BudgetSpec(limit=Money(currency_code="USD", units=9_223_372_036))
     await expect_error(
-        stub.UpsertBudget(pb.UpsertBudgetRequest(name=B, spec=spec)), Code.INVALID_ARGUMENT, "AMOUNT_OVERFLOW", "spec.limit"
+        stub.UpsertBudget(pb.UpsertBudgetRequest(name=B, spec=spec)),
+        Code.INVALID_ARGUMENT,
+        "AMOUNT_OVERFLOW",
+        "spec.limit",
     )
 
 
@@ -78,7 +80,9 @@ async def test_overrun_sums_that_would_overflow_the_ledger_are_refused(stub, dsn
         await stub.RecordCost(pb.RecordCostRequest(budget=B, request_id=f"c{i}", amount=big))
     before = len(await ledger_rows(dsn, B))
     await expect_error(
-        stub.RecordCost(pb.RecordCostRequest(budget=B, request_id="c9", amount=big)), Code.INVALID_ARGUMENT, "AMOUNT_OVERFLOW"
+        stub.RecordCost(pb.RecordCostRequest(budget=B, request_id="c9", amount=big)),
+        Code.INVALID_ARGUMENT,
+        "AMOUNT_OVERFLOW",
     )
     assert len(await ledger_rows(dsn, B)) == before
 
@@ -111,10 +115,18 @@ async def test_other_rpcs_name_their_bad_fields(stub):
     )
     await expect_error(stub.Release(pb.ReleaseRequest(budget=B)), *INVALID, field="reservation_id")
     await expect_error(stub.RecordCost(pb.RecordCostRequest(budget=B, amount=usd("1"))), *INVALID, field="request_id")
-    await expect_error(stub.Transfer(pb.TransferRequest(request_id="t", from_budget=B, to_budget="x/y")), *INVALID, field="amount")
+    await expect_error(
+        stub.Transfer(pb.TransferRequest(request_id="t", from_budget=B, to_budget="x/y")),
+        *INVALID,
+        field="amount",
+    )
     await expect_error(stub.ListBudgets(pb.ListBudgetsRequest(page_size=5000)), *INVALID, field="page_size")
     await expect_error(stub.ListBudgets(pb.ListBudgetsRequest(namespace="Bad_NS")), *INVALID, field="namespace")
-    await expect_error(stub.ListLedgerEntries(pb.ListLedgerEntriesRequest(budget=B, page_size=-1)), *INVALID, field="page_size")
+    await expect_error(
+        stub.ListLedgerEntries(pb.ListLedgerEntriesRequest(budget=B, page_size=-1)),
+        *INVALID,
+        field="page_size",
+    )
 
 
 texts = st.one_of(
@@ -142,7 +154,14 @@ cost_details = st.builds(
     labels=st.dictionaries(texts, texts, max_size=3),
 )
 requests = st.one_of(
-    st.builds(pb.ReserveRequest, budget=texts, reservation_id=texts, amount=moneys, ttl=durations, details=cost_details),
+    st.builds(
+        pb.ReserveRequest,
+        budget=texts,
+        reservation_id=texts,
+        amount=moneys,
+        ttl=durations,
+        details=cost_details,
+    ),
     st.builds(pb.CommitRequest, budget=texts, reservation_id=texts, actual=moneys, details=cost_details),
     st.builds(pb.ReleaseRequest, budget=texts, reservation_id=texts),
     st.builds(pb.RecordCostRequest, budget=texts, request_id=texts, amount=moneys, details=cost_details),
@@ -171,7 +190,13 @@ METHODS = {
     pb.ListLedgerEntriesRequest: "ListLedgerEntries",
     pb.ListBudgetsRequest: "ListBudgets",
 }
-ALLOWED = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED, Code.FAILED_PRECONDITION, Code.ALREADY_EXISTS}
+ALLOWED = {
+    Code.INVALID_ARGUMENT,
+    Code.NOT_FOUND,
+    Code.RESOURCE_EXHAUSTED,
+    Code.FAILED_PRECONDITION,
+    Code.ALREADY_EXISTS,
+}
 
 
 def test_random_request_fields_never_surface_as_unknown_or_internal(authority, stub):

@@ -6,12 +6,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 import grpc
-from conftest import audit, expect_error, ledger_rows, make_budget, nanos, server_settings, usd
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server import app
+from conftest import audit, expect_error, ledger_rows, make_budget, nanos, server_settings, usd
+from google.protobuf.timestamp_pb2 import Timestamp
 
 B = "team/agent"
 UNIT = 1_000_000_000
@@ -94,11 +93,17 @@ async def test_transfer_moves_limit_and_never_below_spent_plus_held(stub, dsn):
     await stub.RecordCost(pb.RecordCostRequest(budget="team/ceo", request_id="c1", amount=usd("20")))
     await stub.Reserve(pb.ReserveRequest(budget="team/ceo", reservation_id="r1", amount=usd("5")))
 
-    req = pb.TransferRequest(request_id="t1", from_budget="team/ceo", to_budget="team/research", amount=usd("5.000000001"))
+    req = pb.TransferRequest(
+        request_id="t1", from_budget="team/ceo", to_budget="team/research", amount=usd("5.000000001")
+    )
     meta = await expect_error(stub.Transfer(req), Code.FAILED_PRECONDITION, "TRANSFER_EXCEEDS_AVAILABLE")
     assert meta["available"] == "5.00"
     req = pb.TransferRequest(
-        request_id="t1", from_budget="team/ceo", to_budget="team/research", amount=usd("5"), reason="research deadline"
+        request_id="t1",
+        from_budget="team/ceo",
+        to_budget="team/research",
+        amount=usd("5"),
+        reason="research deadline",
     )
     moved = await stub.Transfer(req)
     assert nanos(moved.from_budget.effective_limit) == 25 * UNIT and nanos(moved.from_budget.remaining) == 0
@@ -133,7 +138,9 @@ async def test_delete_stops_spending_but_keeps_the_ledger(stub, dsn):
     assert (await stub.DeleteBudget(pb.DeleteBudgetRequest(name=B))).deleted
     await expect_error(stub.GetBudget(pb.GetBudgetRequest(name=B)), Code.NOT_FOUND, "BUDGET_NOT_FOUND")
     await expect_error(
-        stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="r", amount=usd("1"))), Code.NOT_FOUND, "BUDGET_NOT_FOUND"
+        stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="r", amount=usd("1"))),
+        Code.NOT_FOUND,
+        "BUDGET_NOT_FOUND",
     )
     await expect_error(stub.DeleteBudget(pb.DeleteBudgetRequest(name=B)), Code.NOT_FOUND, "BUDGET_NOT_FOUND")
     assert not (await stub.DeleteBudget(pb.DeleteBudgetRequest(name=B, allow_missing=True))).deleted
@@ -148,13 +155,21 @@ async def test_list_budgets_pages_and_filters_by_namespace(stub):
         for i in range(3):
             await make_budget(stub, f"{ns}/agent-{i}")
     page = await stub.ListBudgets(pb.ListBudgetsRequest(page_size=4))
-    assert [b.name for b in page.budgets] == ["alpha/agent-0", "alpha/agent-1", "alpha/agent-2", "beta/agent-0"]
+    assert [b.name for b in page.budgets] == [
+        "alpha/agent-0",
+        "alpha/agent-1",
+        "alpha/agent-2",
+        "beta/agent-0",
+    ]
     rest = await stub.ListBudgets(pb.ListBudgetsRequest(page_size=4, page_token=page.next_page_token))
     assert [b.name for b in rest.budgets] == ["beta/agent-1", "beta/agent-2"] and not rest.next_page_token
     beta = await stub.ListBudgets(pb.ListBudgetsRequest(namespace="beta"))
     assert [b.name for b in beta.budgets] == ["beta/agent-0", "beta/agent-1", "beta/agent-2"]
     await expect_error(
-        stub.ListBudgets(pb.ListBudgetsRequest(page_token="garbage")), Code.INVALID_ARGUMENT, "INVALID_FIELD", "page_token"
+        stub.ListBudgets(pb.ListBudgetsRequest(page_token="garbage")),
+        Code.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "page_token",
     )
 
 

@@ -8,12 +8,11 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from conftest import audit, ledger_rows, server_settings
-
 from agentbudget import client as ab
 from agentbudget import errors
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget_server import app
+from conftest import audit, ledger_rows, server_settings
 
 B = "team/agent"
 

@@ -11,13 +11,9 @@ import asyncio
 import random
 import time
 
-import grpc
 import pytest
-from loadgen import CENT, CHANNEL_OPTIONS, NANO, Agent, Mix, Tally, check_all, money, run_agents, top_up
+from loadgen import CENT, NANO, Agent, Mix, Tally, check_all, create_budgets, run_agents, top_up
 from procs import ServerProcess, start_all
-
-from agentbudget.v1 import budget_authority_pb2 as pb
-from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +23,6 @@ LIMIT = 5 * NANO
 AGENTS = 64
 ATTEMPTS = 40
 LOAD_SECONDS = 40.0
-
-
-async def create_budgets(address: str, limits: dict[str, int]) -> None:
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
-        stub = pb_grpc.BudgetAuthorityStub(ch)
-        for name, limit in limits.items():
-            await stub.UpsertBudget(pb.UpsertBudgetRequest(name=name, spec=pb.BudgetSpec(limit=money(limit))))
 
 
 async def test_many_agents_on_two_replicas_never_overspend(dsn: str) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from conftest import expect_error, make_budget, server_settings, usd
-
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server import app
+from conftest import expect_error, make_budget, server_settings, usd
 
 B = "team/agent"
 Code = grpc.StatusCode
@@ -52,9 +51,7 @@ async def test_events_filter_by_budget_and_type(stub):
     assert {e.budget for e in only_b} == {"team/b"}
     denied = await take(stub, 1, types=[pb.EVENT_RESERVATION_DENIED])
     assert denied[0].budget == "team/b" and denied[0].amount.units == 2 and denied[0].reservation_id == "r"
-    await expect_error(
-        take(stub, 1, types=[999]), Code.INVALID_ARGUMENT, "INVALID_FIELD", "types[0]"
-    )
+    await expect_error(take(stub, 1, types=[999]), Code.INVALID_ARGUMENT, "INVALID_FIELD", "types[0]")
     await expect_error(take(stub, 1, after_id=-1), Code.INVALID_ARGUMENT, "INVALID_FIELD", "after_id")
 
 

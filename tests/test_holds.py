@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
+from agentbudget.v1 import budget_authority_pb2 as pb
 from conftest import audit, expect_error, ledger_rows, make_budget, nanos, until, usd
 from google.protobuf.duration_pb2 import Duration
-
-from agentbudget.v1 import budget_authority_pb2 as pb
 
 B = "team/agent"
 UNIT = 1_000_000_000
@@ -102,7 +99,9 @@ async def test_release_voids_the_hold_and_every_hold_ends_exactly_once(stub, dsn
     await stub.Reserve(reserve("r2", "5"))
     await stub.Commit(commit("r2", "1"))
     meta = await expect_error(
-        stub.Release(pb.ReleaseRequest(budget=B, reservation_id="r2")), Code.FAILED_PRECONDITION, "RESERVATION_ENDED"
+        stub.Release(pb.ReleaseRequest(budget=B, reservation_id="r2")),
+        Code.FAILED_PRECONDITION,
+        "RESERVATION_ENDED",
     )
     assert meta["state"] == "COMMITTED"
     await expect_error(stub.Commit(commit("r2", "2")), Code.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
@@ -117,7 +116,9 @@ async def test_release_after_expiry_names_the_final_state(stub, dsn):
     await stub.Reserve(reserve("r1", "2", ttl=Duration(nanos=300_000_000)))
     await until(lambda: _state(dsn, "r1"), "EXPIRED")
     meta = await expect_error(
-        stub.Release(pb.ReleaseRequest(budget=B, reservation_id="r1")), Code.FAILED_PRECONDITION, "RESERVATION_ENDED"
+        stub.Release(pb.ReleaseRequest(budget=B, reservation_id="r1")),
+        Code.FAILED_PRECONDITION,
+        "RESERVATION_ENDED",
     )
     assert meta["state"] == "EXPIRED"
 
@@ -167,7 +168,9 @@ async def test_unknown_budget_and_reservation_are_not_found(stub):
     await make_budget(stub)
     await expect_error(stub.Commit(commit("nope", "1")), Code.NOT_FOUND, "RESERVATION_NOT_FOUND")
     await expect_error(
-        stub.Release(pb.ReleaseRequest(budget=B, reservation_id="nope")), Code.NOT_FOUND, "RESERVATION_NOT_FOUND"
+        stub.Release(pb.ReleaseRequest(budget=B, reservation_id="nope")),
+        Code.NOT_FOUND,
+        "RESERVATION_NOT_FOUND",
     )
 
 
@@ -192,10 +195,9 @@ async def test_ttl_outside_the_configured_bounds_is_rejected(stub):
 
 
 async def test_a_reserve_that_would_be_denied_first_expires_the_budgets_due_holds(dsn):
-    from conftest import server_settings
-
     from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
     from agentbudget_server import app
+    from conftest import server_settings
 
     # No sweeper to speak of: only the denied Reserve can end the due hold.
     authority = await app.start(server_settings(sweep_interval_seconds=3600), dsn)

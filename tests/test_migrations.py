@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-
 from agentbudget_server import db, sql
 
 # A description of everything a migration can create, compared as sorted text.

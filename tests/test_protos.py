@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_generated_code_is_up_to_date():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
 
@@ -22,8 +25,17 @@ def test_the_api_has_the_rpcs_of_the_contract():
     service = pb.DESCRIPTOR.services_by_name["BudgetAuthority"]
     assert sorted(m.name for m in service.methods) == sorted(
         [
-            "Reserve", "Commit", "Release", "RecordCost", "GetBudget", "UpsertBudget", "DeleteBudget",
-            "ListBudgets", "Transfer", "ListLedgerEntries", "WatchEvents",
+            "Reserve",
+            "Commit",
+            "Release",
+            "RecordCost",
+            "GetBudget",
+            "UpsertBudget",
+            "DeleteBudget",
+            "ListBudgets",
+            "Transfer",
+            "ListLedgerEntries",
+            "WatchEvents",
         ]
     )
     for method in service.methods:  # one request / response pair per RPC

@@ -20,14 +20,13 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from conftest import make_budget, nanos, usd
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import Message
-
 from agentbudget.errors import IdempotencyKeyReusedError, ReservationEndedError, from_rpc_error
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server import app
+from conftest import make_budget, nanos, usd
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
 FRAME_DATA, FRAME_HEADERS = 0x0, 0x1
@@ -179,15 +178,15 @@ def reserve_op() -> Op:
     other_ttl = pb.ReserveRequest()
     other_ttl.CopyFrom(req)
     other_ttl.ttl.seconds = 301
-    return Op("Reserve", "r-1", _budget, req, Counter(HOLD=1), {"team/agent": (D("10"), 0, D("4"))},
-              [other_amount, other_ttl])
+    return Op(
+        "Reserve", "r-1", _budget, req, Counter(HOLD=1), {"team/agent": (D("10"), 0, D("4"))}, [other_amount, other_ttl]
+    )
 
 
 def commit_op() -> Op:
     req = pb.CommitRequest(budget="team/agent", reservation_id="r-1", actual=usd("1.25"))
     other = pb.CommitRequest(budget="team/agent", reservation_id="r-1", actual=usd("1.26"))
-    return Op("Commit", "r-1", _held, req, Counter(HOLD=1, COMMIT=1), {"team/agent": (D("10"), D("1.25"), 0)},
-              [other])
+    return Op("Commit", "r-1", _held, req, Counter(HOLD=1, COMMIT=1), {"team/agent": (D("10"), D("1.25"), 0)}, [other])
 
 
 def release_op() -> Op:
@@ -197,23 +196,28 @@ def release_op() -> Op:
 
 
 def record_cost_op() -> Op:
-    req = pb.RecordCostRequest(budget="team/agent", request_id="c-1", amount=usd("0.75"),
-                               details=pb.CostDetails(kind=pb.EXTERNAL_API, api_name="search", api_calls=3))
+    req = pb.RecordCostRequest(
+        budget="team/agent",
+        request_id="c-1",
+        amount=usd("0.75"),
+        details=pb.CostDetails(kind=pb.EXTERNAL_API, api_name="search", api_calls=3),
+    )
     other = pb.RecordCostRequest()
     other.CopyFrom(req)
     other.details.api_calls = 4
-    return Op("RecordCost", "c-1", _budget, req, Counter(CHARGE=1), {"team/agent": (D("10"), D("0.75"), 0)},
-              [other])
+    return Op("RecordCost", "c-1", _budget, req, Counter(CHARGE=1), {"team/agent": (D("10"), D("0.75"), 0)}, [other])
 
 
 def transfer_op() -> Op:
-    req = pb.TransferRequest(request_id="t-1", from_budget="team/giver", to_budget="team/taker", amount=usd("3"),
-                             reason="rebalance")
+    req = pb.TransferRequest(
+        request_id="t-1", from_budget="team/giver", to_budget="team/taker", amount=usd("3"), reason="rebalance"
+    )
     other_amount = pb.TransferRequest()
     other_amount.CopyFrom(req)
     other_amount.amount.CopyFrom(usd("2"))
-    reversed_direction = pb.TransferRequest(request_id="t-1", from_budget="team/taker", to_budget="team/giver",
-                                            amount=usd("3"), reason="rebalance")
+    reversed_direction = pb.TransferRequest(
+        request_id="t-1", from_budget="team/taker", to_budget="team/giver", amount=usd("3"), reason="rebalance"
+    )
     return Op(
         "Transfer",
         "t-1",
@@ -330,8 +334,7 @@ async def test_concurrent_identical_calls_have_one_effect(
     await assert_effect_once(dsn, op)
 
 
-@pytest.mark.parametrize("make_op", [m for m in OPS if m is not release_op],
-                         ids=[i for i in OP_IDS if i != "Release"])
+@pytest.mark.parametrize("make_op", [m for m in OPS if m is not release_op], ids=[i for i in OP_IDS if i != "Release"])
 async def test_same_id_with_other_parameters_is_rejected(
     make_op: Callable[[], Op], dsn: str, stub: pb_grpc.BudgetAuthorityStub
 ) -> None:

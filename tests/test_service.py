@@ -12,12 +12,10 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from agentbudget.v1 import budget_authority_pb2 as pb
 from conftest import ADMIN_DSN, expect_error, make_budget, usd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from agentbudget.v1 import budget_authority_pb2 as pb
-from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 
 Code = grpc.StatusCode
 SERVICE = "agentbudget.v1.BudgetAuthority"
@@ -46,8 +44,22 @@ async def test_reflection_lists_the_services_like_grpcurl_would(channel):
 async def test_sigterm_turns_health_not_serving_before_the_server_stops(dsn):
     ready = Path(tempfile.mkdtemp()) / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentbudget_server", "serve", "--listen", "127.0.0.1:0", "--database-url", dsn,
-         "--ready-file", str(ready), "--grace-seconds", "2", "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "agentbudget_server",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            dsn,
+            "--ready-file",
+            str(ready),
+            "--grace-seconds",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
     )
     try:
         loop = asyncio.get_running_loop()
@@ -64,7 +76,10 @@ async def test_sigterm_turns_health_not_serving_before_the_server_stops(dsn):
                     proc.send_signal(signal.SIGTERM)
                 else:
                     break
-            assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+            assert seen == [
+                health_pb2.HealthCheckResponse.SERVING,
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+            ]
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
@@ -95,7 +110,16 @@ def test_cli_drives_a_budget_from_the_shell(dsn, tmp_path):
     ready = tmp_path / "port"
     env = {**os.environ, "AGENTBUDGET_DATABASE_URL": dsn}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentbudget_server", "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+        [
+            sys.executable,
+            "-m",
+            "agentbudget_server",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+        ],
         env=env,
         stderr=subprocess.DEVNULL,
     )
@@ -110,7 +134,10 @@ def test_cli_drives_a_budget_from_the_shell(dsn, tmp_path):
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [sys.executable, "-m", "agentbudget_server", *args, *target], capture_output=True, text=True, timeout=30
+                [sys.executable, "-m", "agentbudget_server", *args, *target],
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
 
         made = cli("budget", "set", "team/research", "--limit", "20")

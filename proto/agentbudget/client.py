@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -29,8 +29,7 @@ from .errors import BudgetError, UnavailableError, from_rpc_error
 from .v1 import budget_authority_pb2 as pb
 from .v1 import budget_authority_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
-Amount = Decimal | str | int | Money
+Amount: TypeAlias = Decimal | str | int | Money
 NANOS = 1_000_000_000
 MAX_BACKOFF = 2.0
 
@@ -39,7 +38,7 @@ def money(amount: Amount, currency: str = "USD") -> Money:
     """An exact Money from a Decimal, a decimal string or an int (never a float)."""
     if isinstance(amount, Money):
         return amount
-    if isinstance(amount, float):  # type: ignore[unreachable]
+    if isinstance(amount, float):
         raise TypeError("money must not be a float; use Decimal or a string")
     value = Decimal(amount)
     if not value.is_finite():
@@ -88,7 +87,7 @@ class Hold:
 
     async def _reserve(self) -> Hold:
         if self.reservation is None:
-            resp = await self._client._call(self._client.stub.Reserve, self.request)
+            resp: pb.ReserveResponse = await self._client._call(self._client.stub.Reserve, self.request)
             self.reservation = resp.reservation
         return self
 
@@ -109,19 +108,13 @@ class Hold:
                     raise  # otherwise the original exception is the one that matters
 
     async def commit(self, actual: Amount, details: pb.CostDetails | None = None) -> pb.CommitResponse:
-        req = pb.CommitRequest(
-            budget=self.request.budget,
-            reservation_id=self.reservation_id,
-            actual=money(actual, self.request.amount.currency_code),
-            details=details,
-        )
-        resp = await self._client._call(self._client.stub.Commit, req)
+        currency = self.request.amount.currency_code
+        resp = await self._client.commit(self.request.budget, self.reservation_id, actual, currency, details)
         self.ended = resp.reservation
         return resp
 
     async def release(self) -> pb.ReleaseResponse:
-        req = pb.ReleaseRequest(budget=self.request.budget, reservation_id=self.reservation_id)
-        resp = await self._client._call(self._client.stub.Release, req)
+        resp = await self._client.release(self.request.budget, self.reservation_id)
         self.ended = resp.reservation
         return resp
 
@@ -140,13 +133,14 @@ class BudgetClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
-    async def _call(self, method: Callable[[T], Awaitable[T]] | Callable[..., Awaitable[T]], request: object) -> T:
+    async def _call(self, method: Any, request: Any) -> Any:
+        """``method(request)``, retried with the very same request while the authority is unavailable."""
         attempt = 0
         while True:
             try:
-                return await method(request)  # type: ignore[no-any-return]
+                return await method(request)
             except grpc.aio.AioRpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
                 if not isinstance(error, UnavailableError) or attempt >= self.retries:
@@ -176,6 +170,25 @@ class BudgetClient:
             req.ttl.CopyFrom(_duration(ttl))
         return Hold(self, req)
 
+    async def commit(
+        self,
+        budget: str,
+        reservation_id: str,
+        actual: Amount,
+        currency: str = "USD",
+        details: pb.CostDetails | None = None,
+    ) -> pb.CommitResponse:
+        req = pb.CommitRequest(
+            budget=budget, reservation_id=reservation_id, actual=money(actual, currency), details=details
+        )
+        resp: pb.CommitResponse = await self._call(self.stub.Commit, req)
+        return resp
+
+    async def release(self, budget: str, reservation_id: str) -> pb.ReleaseResponse:
+        req = pb.ReleaseRequest(budget=budget, reservation_id=reservation_id)
+        resp: pb.ReleaseResponse = await self._call(self.stub.Release, req)
+        return resp
+
     async def record_cost(
         self,
         budget: str,
@@ -186,7 +199,10 @@ class BudgetClient:
         details: pb.CostDetails | None = None,
     ) -> pb.RecordCostResponse:
         req = pb.RecordCostRequest(
-            budget=budget, request_id=request_id or new_id("c"), amount=money(amount, currency), details=details
+            budget=budget,
+            request_id=request_id or new_id("c"),
+            amount=money(amount, currency),
+            details=details,
         )
         resp: pb.RecordCostResponse = await self._call(self.stub.RecordCost, req)
         return resp

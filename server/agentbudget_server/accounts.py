@@ -94,7 +94,13 @@ class Unit:
         balance = Balance(spec.limit, 0, 0)
         assessed = rules.assess(rules.Phase.ACTIVE, frozenset(), balance, spec.paused, spec.thresholds)
         await self.conn.execute(
-            Q["insert_period"], budget.id, start, end, spec.limit, list(assessed.crossed), assessed.phase.value
+            Q["insert_period"],
+            budget.id,
+            start,
+            end,
+            spec.limit,
+            list(assessed.crossed),
+            assessed.phase.value,
         )
         await self._insert_entry(budget, start, Posting("PERIOD_OPENED", limit=spec.limit))
         await self.conn.execute(Q["move_budget_period"], budget.id, start, end)

@@ -8,14 +8,14 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from . import db, ledger
 from .events import EventHub
@@ -23,16 +23,16 @@ from .servicer import BudgetAuthority
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+# grpc_health sets .aio at import time; its stubs do not know it.
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
-def create_server(
-    address: str, servicer: BudgetAuthority
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+def create_server(address: str, servicer: BudgetAuthority) -> tuple[grpc.aio.Server, int, Any]:
     """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_BudgetAuthorityServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -50,7 +50,7 @@ class Authority:
     pool: asyncpg.Pool
     hub: EventHub
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health's aio HealthServicer
     port: int
     sweeper: asyncio.Task[None]
 
@@ -94,7 +94,7 @@ async def serve(settings: Settings, dsn: str) -> None:
     host = settings.listen.rsplit(":", 1)[0]
     log.info("serving agentbudget.v1.BudgetAuthority on %s:%d", host, authority.port)
     if settings.ready_file:
-        Path(settings.ready_file).write_text(str(authority.port))
+        await asyncio.to_thread(Path(settings.ready_file).write_text, str(authority.port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -69,6 +69,7 @@ async def _create(u: Unit, cmd: c.Upsert) -> UpsertResult:
         end,
         now,
     )
+    assert row is not None
     budget = BudgetRow.from_record(row)
     placeholder = PeriodRow(start, end, Balance(0, 0, 0), frozenset(), rules.Phase.ACTIVE)
     account = Account(budget, placeholder)
@@ -102,8 +103,8 @@ async def _update(u: Unit, account: Account, spec: Spec) -> UpsertResult:
         _json(spec.labels),
         u.now,
     )
+    assert row is not None and u.now is not None
     account.budget = BudgetRow.from_record(row)
-    assert u.now is not None
     if revived:
         u.emit(account, EventType.BUDGET_CREATED)
     if (spec.period, spec.time_zone) != (old.period, old.time_zone) or u.now >= account.budget.period_end:
@@ -164,9 +165,7 @@ async def list_budgets(
     return views, (views[-1].budget.name if more and views else None)
 
 
-async def transfer(
-    pool: asyncpg.Pool, cmd: c.Transfer, encode: Callable[[BudgetView, BudgetView], bytes]
-) -> bytes:
+async def transfer(pool: asyncpg.Pool, cmd: c.Transfer, encode: Callable[[BudgetView, BudgetView], bytes]) -> bytes:
     for attempt in range(2):
         try:
             with sums_of("amount"):
@@ -177,9 +176,7 @@ async def transfer(
     raise AssertionError("unreachable")
 
 
-async def _transfer(
-    pool: asyncpg.Pool, cmd: c.Transfer, encode: Callable[[BudgetView, BudgetView], bytes]
-) -> bytes:
+async def _transfer(pool: asyncpg.Pool, cmd: c.Transfer, encode: Callable[[BudgetView, BudgetView], bytes]) -> bytes:
     async with unit(pool) as u:
         # Lock order: by name, whichever way the money moves.
         first, second = sorted((cmd.source, cmd.target))
@@ -194,15 +191,17 @@ async def _transfer(
             if account.budget.spec.currency != cmd.currency:
                 raise InvalidField(
                     "amount.currency_code",
-                    f"{cmd.currency} given, but {field} {account.budget.name!r} is in "
-                    f"{account.budget.spec.currency}",
+                    f"{cmd.currency} given, but {field} {account.budget.name!r} is in {account.budget.spec.currency}",
                     reason="CURRENCY_MISMATCH",
                 )
         b = source.period.balance
         available = max(0, b.limit - b.spent - b.held)
         if cmd.amount > available:
             raise TransferExceedsAvailable(cmd.source, available, cmd.currency)
-        for account, sign, other, kind in ((source, -1, target, "TRANSFER_OUT"), (target, 1, source, "TRANSFER_IN")):
+        for account, sign, other, kind in (
+            (source, -1, target, "TRANSFER_OUT"),
+            (target, 1, source, "TRANSFER_IN"),
+        ):
             await u.post(
                 account,
                 Posting(

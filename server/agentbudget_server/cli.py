@@ -14,12 +14,11 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-
 from agentbudget.client import BudgetClient, connect, to_decimal
 from agentbudget.errors import BudgetError
 from agentbudget.v1 import budget_authority_pb2 as pb
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from . import db, logs, settings
 from .tables import render_table
@@ -61,7 +60,7 @@ def _money(m: Any) -> str:
     return f"{shown} {m.currency_code}".strip()
 
 
-def _phase(value: int) -> str:
+def _phase(value: pb.Phase.ValueType) -> str:
     return pb.Phase.Name(value)
 
 
@@ -139,7 +138,17 @@ def _reservation_table(r: pb.Reservation) -> tuple[list[str], list[list[str]]]:
     flags = ",".join(f for f, on in (("overrun", r.overrun), ("late", r.late)) if on) or "-"
     return (
         ["BUDGET", "RESERVATION", "STATE", "AMOUNT", "COMMITTED", "FLAGS", "EXPIRES"],
-        [[r.budget, r.reservation_id, state, _money(r.amount), committed, flags, r.expire_time.ToJsonString()]],
+        [
+            [
+                r.budget,
+                r.reservation_id,
+                state,
+                _money(r.amount),
+                committed,
+                flags,
+                r.expire_time.ToJsonString(),
+            ]
+        ],
     )
 
 
@@ -158,21 +167,23 @@ async def _reserve(client: BudgetClient, args: argparse.Namespace) -> None:
 
 
 async def _commit(client: BudgetClient, args: argparse.Namespace) -> None:
-    req = pb.CommitRequest(budget=args.budget, reservation_id=args.reservation_id, details=_details(args))
-    req.actual.CopyFrom(_parse_money(args.actual, args.currency))
-    resp = await client._call(client.stub.Commit, req)
+    resp = await client.commit(args.budget, args.reservation_id, args.actual, args.currency, _details(args))
     _emit(args, resp, _reservation_table(resp.reservation))
 
 
 async def _release(client: BudgetClient, args: argparse.Namespace) -> None:
-    req = pb.ReleaseRequest(budget=args.budget, reservation_id=args.reservation_id)
-    resp = await client._call(client.stub.Release, req)
+    resp = await client.release(args.budget, args.reservation_id)
     _emit(args, resp, _reservation_table(resp.reservation))
 
 
 async def _transfer(client: BudgetClient, args: argparse.Namespace) -> None:
     resp = await client.transfer(
-        args.from_budget, args.to_budget, args.amount, currency=args.currency, reason=args.reason, request_id=args.id
+        args.from_budget,
+        args.to_budget,
+        args.amount,
+        currency=args.currency,
+        reason=args.reason,
+        request_id=args.id,
     )
     _emit(args, resp, (BUDGET_HEADERS, _budget_rows([resp.from_budget, resp.to_budget])))
 
@@ -219,12 +230,6 @@ async def _events(client: BudgetClient, args: argparse.Namespace) -> None:
         except (StopAsyncIteration, TimeoutError):
             return
         print(json.dumps(MessageToDict(event)) if args.json else _event_line(event), flush=True)
-
-
-def _parse_money(amount: str, currency: str) -> Any:
-    from agentbudget.client import money
-
-    return money(amount, currency)
 
 
 CLIENT_COMMANDS = {

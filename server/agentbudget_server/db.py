@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 import logging
 import os
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from .errors import DatabaseUnavailable
-
 from . import sql
+from .errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 # pg_advisory_lock key: any constant the application owns ("agentbudget" as bytes).
@@ -39,7 +39,7 @@ ACQUIRE_TIMEOUT = 10.0
 
 
 @asynccontextmanager
-async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Any]:
     """A pooled connection; failing to get one at all is the database being unavailable."""
     try:
         conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
@@ -96,6 +96,6 @@ def start_embedded(data_dir: Path) -> str:
         import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")  # type: ignore[attr-defined]
     uri: str = server.get_uri()
     return uri

@@ -47,7 +47,7 @@ class EventHub:
                 await conn.add_listener(CHANNEL, self._wake)
                 self._wake()  # anything committed while we were not listening
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 closed = asyncio.create_task(self._closed.wait())
                 lost_wait = asyncio.create_task(lost.wait())
                 await asyncio.wait({closed, lost_wait}, return_when=asyncio.FIRST_COMPLETED)

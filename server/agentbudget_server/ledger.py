@@ -258,9 +258,7 @@ async def _record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[
         _check_currency(account, cmd.currency, "amount")
         balance = account.period.balance
         overrun = checked_sum(balance.spent, cmd.amount) > balance.limit
-        posting = Posting(
-            "CHARGE", spent=cmd.amount, request_id=cmd.request_id, overrun=overrun, details=cmd.details
-        )
+        posting = Posting("CHARGE", spent=cmd.amount, request_id=cmd.request_id, overrun=overrun, details=cmd.details)
         entry_id = await u.post(account, posting)
         if overrun:
             u.emit(account, EventType.OVERRUN, amount=cmd.amount)

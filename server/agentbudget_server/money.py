@@ -40,9 +40,7 @@ def from_parts(units: int, nanos: int) -> int:
         raise MoneyError("units and nanos must have the same sign")
     total = units * NANOS_PER_UNIT + nanos
     if abs(total) > MAX_AMOUNT_NANOS:
-        raise MoneyError(
-            f"amount exceeds the largest allowed ({format_nanos(MAX_AMOUNT_NANOS)})", "AMOUNT_OVERFLOW"
-        )
+        raise MoneyError(f"amount exceeds the largest allowed ({format_nanos(MAX_AMOUNT_NANOS)})", "AMOUNT_OVERFLOW")
     return total
 
 

@@ -8,12 +8,12 @@ by arithmetic alone, with no job at the boundary.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
-class PeriodKind(str, Enum):
+class PeriodKind(StrEnum):
     MONTHLY = "MONTHLY"
     WEEKLY = "WEEKLY"
     DAILY = "DAILY"

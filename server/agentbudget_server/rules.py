@@ -8,7 +8,7 @@ in memory, in arrival order).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from .money import checked_sum, ratio_reached
 
@@ -16,14 +16,14 @@ PPM = 1_000_000
 DEFAULT_THRESHOLDS_PPM = (800_000,)
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     ACTIVE = "ACTIVE"
     WARNING = "WARNING"
     EXHAUSTED = "EXHAUSTED"
     PAUSED = "PAUSED"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     BUDGET_CREATED = "BUDGET_CREATED"
     BUDGET_DELETED = "BUDGET_DELETED"
     LIMIT_CHANGED = "LIMIT_CHANGED"
@@ -115,7 +115,7 @@ def assess(
     return Assessment(phase, reached, tuple(events))
 
 
-class ReserveOutcome(str, Enum):
+class ReserveOutcome(StrEnum):
     GRANT = "GRANT"
     PAUSED = "PAUSED"
     EXCEEDED = "EXCEEDED"

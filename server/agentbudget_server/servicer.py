@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
-import grpc
-
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 
@@ -23,7 +21,7 @@ Handler = Callable[..., Awaitable[T]]
 
 def unary(fn: Handler[T]) -> Handler[T]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+    async def wrapper(self: Any, request: Any, context: Any) -> T:
         try:
             return await fn(self, request, context)
         except Exception as exc:  # every error is mapped, in one place
@@ -98,9 +96,7 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
         token = validate.encode_token("entries", last) if last else ""
         return pb.ListLedgerEntriesResponse(entries=[wire.entry(e) for e in entries], next_page_token=token)
 
-    async def WatchEvents(
-        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchEventsResponse]:
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.WatchEventsResponse]:
         try:
             flt = validate.watch(request)
             async for event in self.hub.stream(flt):

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag; the default shown is what the environment or built-in gives."""
     for f in fields(Settings):
         env = ENV_PREFIX + f.name.upper()
-        kind = type(f.default)
+        kind: Any = type(f.default)
         parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=f"env {env}")
 
 
@@ -73,7 +73,7 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        kind = type(f.default)
+        kind: Any = type(f.default)
         given = getattr(args, f.name, None) if args is not None else None
         if given is not None:
             values[f.name] = given

@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agentbudget.v1 import budget_authority_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.money_pb2 import Money
-
-from agentbudget.v1 import budget_authority_pb2 as pb
 
 from . import commands as c
 from . import periods, rules

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from agentbudget.v1 import budget_authority_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.money_pb2 import Money
-
-from agentbudget.v1 import budget_authority_pb2 as pb
 
 from .budgets import UpsertResult
 from .ledger import ChargeResult, HoldResult
@@ -97,7 +96,10 @@ def reservation(r: ReservationView) -> pb.Reservation:
 
 
 def hold_response(cls: type, result: HoldResult) -> bytes:
-    msg = cls(reservation=reservation(result.reservation), remaining=money(result.remaining, result.reservation.currency))
+    msg = cls(
+        reservation=reservation(result.reservation),
+        remaining=money(result.remaining, result.reservation.currency),
+    )
     data: bytes = msg.SerializeToString(deterministic=True)
     return data
 
