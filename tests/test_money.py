@@ -212,21 +212,11 @@ def test_parse_decimal_rejects_overflow(text: str) -> None:
     assert exc.value.reason == "AMOUNT_OVERFLOW"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_decimal rejects a small amount written with more than 19 integer digits "
-    "(leading zeros) as AMOUNT_OVERFLOW; the length check counts zeros",
-)
 def test_parse_decimal_leading_zeros_are_not_an_overflow() -> None:
     """'00000000000000000001.5' is 1.5: leading zeros do not make an amount large."""
     assert parse_decimal("00000000000000000001.5") == 1_500_000_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_decimal's regex uses \\d, which matches any Unicode digit, and int() "
-    "accepts them, so '١٢.٥' (Arabic-Indic) and '１２' (full-width) parse as 12.5 and 12",
-)
 @pytest.mark.parametrize("text", ["١٢.٥", "１２", "۳", "1.٥"])
 def test_parse_decimal_accepts_only_ascii_digits(text: str) -> None:
     """A decimal amount is ASCII 0-9 only; other scripts' digits are malformed input."""
@@ -321,11 +311,6 @@ def test_ceil_nanos_rejects_signalling_nan() -> None:
         ceil_nanos(Decimal("sNaN"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ceil_nanos lets int() fail on a non-finite result: Infinity raises OverflowError "
-    "and quiet NaN a plain ValueError, not MoneyError ('not a finite amount')",
-)
 @pytest.mark.parametrize("text", ["Infinity", "-Infinity", "NaN"])
 def test_ceil_nanos_rejects_non_finite(text: str) -> None:
     """Infinity and NaN are not amounts: MoneyError, like sNaN."""
@@ -333,11 +318,6 @@ def test_ceil_nanos_rejects_non_finite(text: str) -> None:
         ceil_nanos(Decimal(text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ceil_nanos multiplies in the default 28-digit Decimal context, which rounds "
-    "half-even before the ceiling; an amount with >28 significant digits can round DOWN",
-)
 def test_ceil_nanos_never_rounds_down_high_precision_amounts() -> None:
     """0.1000000000000000000000000000001 units is just over 100,000,000 nanos: ceiling is +1."""
     assert ceil_nanos(Decimal("0.1000000000000000000000000000001")) == 100_000_001
@@ -420,11 +400,6 @@ def test_check_currency_rejects_other_text(code: str) -> None:
     assert exc.value.reason == "INVALID_FIELD"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_currency uses re.match with '$', which also matches before a trailing "
-    "newline, so 'USD\\n' is accepted and returned with the newline",
-)
 def test_check_currency_rejects_a_trailing_newline() -> None:
     """'USD\\n' is four characters, not a currency code."""
     with pytest.raises(MoneyError):

@@ -75,11 +75,6 @@ def test_unknown_zone_is_a_value_error(name: str) -> None:
         bounds(K.MONTHLY, name, utc(2026, 1, 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: zone() does not catch IsADirectoryError: a tzdata directory name such as 'America' "
-    "or 'Etc' raises IsADirectoryError (an OSError) instead of ValueError",
-)
 @pytest.mark.parametrize("name", ["America", "Etc", "Europe"])
 def test_zone_directory_is_a_value_error(name: str) -> None:
     """A region directory is not a zone: ValueError, like any other unknown name."""
@@ -279,11 +274,6 @@ def test_weekly_containing_a_skipped_midnight() -> None:
     assert (start, end) == (utc(2026, 8, 31, 4), utc(2026, 9, 7, 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: periods._local_midnight_utc adds one hour when the whole next day is skipped "
-    "(date-line jump), so the day before ends one hour after the following day starts: periods overlap",
-)
 @pytest.mark.parametrize(
     ("tz_name", "day_before", "next_start"),
     [

@@ -136,11 +136,6 @@ def test_the_limit_of_ten_counts_distinct_thresholds() -> None:
     assert thresholds_from_fractions(values) == tuple(i * 50_000 for i in range(1, 11))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: thresholds_from_fractions accepts fractions inside (0, 1) that round to 0 or "
-    "1,000,000 ppm (e.g. 1e-7 → 0, 0.9999996 → 1e6), outside the documented (0, 1) range",
-)
 @pytest.mark.parametrize("value", [1e-7, 4.9e-7, 0.9999996, 0.9999999999])
 def test_thresholds_never_round_to_zero_or_one(value: float) -> None:
     """A fraction in (0, 1) must give a threshold in (0, 1e6) ppm, or be rejected."""
@@ -151,16 +146,13 @@ def test_thresholds_never_round_to_zero_or_one(value: float) -> None:
     assert all(0 < t < PPM for t in ppm)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a threshold of 1e-7 becomes 0 ppm, which is 'reached' at zero spend, so a fresh "
-    "budget with nothing spent is WARNING and fires THRESHOLD_CROSSED immediately",
-)
-def test_a_tiny_threshold_does_not_fire_on_a_fresh_budget() -> None:
-    """Nothing spent: a budget is ACTIVE and raises no event, whatever its thresholds."""
-    thresholds = thresholds_from_fractions([1e-7])
+def test_a_tiny_threshold_is_refused_rather_than_firing_on_a_fresh_budget() -> None:
+    """A threshold that would round to 0 ppm would be 'reached' with nothing spent: it is refused."""
+    with pytest.raises(ValueError, match="millionth"):
+        thresholds_from_fractions([1e-7])
     fresh = Balance(limit=10 * USD, spent=0, held=0)
-    assert assess(Phase.ACTIVE, frozenset(), fresh, False, thresholds) == Assessment(Phase.ACTIVE, frozenset(), ())
+    smallest = thresholds_from_fractions([1e-6])
+    assert assess(Phase.ACTIVE, frozenset(), fresh, False, smallest) == Assessment(Phase.ACTIVE, frozenset(), ())
 
 
 # --- phase_of --------------------------------------------------------------------------------

@@ -7,15 +7,15 @@ against that range here, so that no sum can overflow in the database.
 from __future__ import annotations
 
 import re
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, Inexact, InvalidOperation, localcontext
 
 NANOS_PER_UNIT = 1_000_000_000
 # A bigint holds ±9.22e18 nanos. Single amounts are capped at a trillion units' worth of nanos
 # below that, and running sums are checked against INT64_MAX, so a sum never wraps.
 INT64_MAX = 2**63 - 1
 MAX_AMOUNT_NANOS = 10**18  # one billion units per single amount or limit
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_DECIMAL = re.compile(r"^[+-]?(\d+)(?:\.(\d+))?$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_DECIMAL = re.compile(r"[+-]?([0-9]+)(?:\.([0-9]+))?")
 
 
 class MoneyError(ValueError):
@@ -27,7 +27,7 @@ class MoneyError(ValueError):
 
 
 def check_currency(code: str) -> str:
-    if not _CURRENCY.match(code):
+    if not _CURRENCY.fullmatch(code):
         raise MoneyError(f"currency must be an ISO 4217 code of three capital letters, got {code!r}")
     return code
 
@@ -53,10 +53,10 @@ def to_parts(total: int) -> tuple[int, int]:
 
 def parse_decimal(text: str) -> int:
     """A decimal string such as ``"12.50"`` to nanos; more than nine decimals is an error."""
-    match = _DECIMAL.match(text.strip())
+    match = _DECIMAL.fullmatch(text.strip())
     if not match:
         raise MoneyError(f"not a decimal amount: {text!r}")
-    whole, frac = match.group(1), match.group(2) or ""
+    whole, frac = match.group(1).lstrip("0") or "0", match.group(2) or ""
     if len(frac) > 9:
         raise MoneyError(f"more precision than a nano (1e-9): {text!r}")
     if len(whole) > 19:
@@ -79,10 +79,16 @@ def format_nanos(total: int, min_decimals: int = 2) -> str:
 
 def ceil_nanos(amount: Decimal) -> int:
     """A Decimal amount in units to nanos, rounded up (costs computed from prices round up)."""
-    try:
-        scaled = (amount * NANOS_PER_UNIT).to_integral_value(rounding=ROUND_CEILING)
-    except InvalidOperation as exc:
-        raise MoneyError(f"not a finite amount: {amount}") from exc
+    if not amount.is_finite():
+        raise MoneyError(f"not a finite amount: {amount}")
+    # Exact: the default 28-digit context would round before the ceiling.
+    with localcontext() as ctx:
+        ctx.prec = len(amount.as_tuple().digits) + 30
+        ctx.traps[Inexact] = True
+        try:
+            scaled = (amount * NANOS_PER_UNIT).to_integral_value(rounding=ROUND_CEILING)
+        except InvalidOperation as exc:
+            raise MoneyError(f"not a usable amount: {amount}") from exc
     return int(scaled)
 
 

@@ -28,7 +28,7 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder such as "America"
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 
@@ -47,22 +47,33 @@ def _next_first_day(kind: PeriodKind, first: date) -> date:
 
 
 def _local_midnight_utc(day: date, tz: ZoneInfo) -> datetime:
-    # fold=0 picks the first of two equal wall times; a skipped midnight (a DST jump at 00:00)
-    # resolves forward, which is the first instant that belongs to the new day.
+    """The first instant whose local date is ``day`` or later.
+
+    Usually local midnight (fold=0 picks the first of two equal wall times). Where midnight was
+    skipped (a DST jump at 00:00) or the whole day was (Pacific/Apia, 2011-12-30), a search
+    finds the first instant of the new local day.
+    """
     local = datetime(day.year, day.month, day.day, tzinfo=tz)
     as_utc = local.astimezone(UTC)
-    if as_utc.astimezone(tz).date() != day:  # midnight did not exist on that day
-        as_utc = (local + timedelta(hours=1)).astimezone(UTC)
-    return as_utc
+    if as_utc.astimezone(tz).date() == day and (as_utc - timedelta(seconds=1)).astimezone(tz).date() < day:
+        return as_utc
+    low, high = as_utc - timedelta(days=2), as_utc + timedelta(days=2)  # local date < day at low, >= at high
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        middle = middle.replace(microsecond=0)
+        if middle.astimezone(tz).date() >= day:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def bounds(kind: PeriodKind, tz_name: str, now: datetime) -> tuple[datetime, datetime]:
     """[start, end) in UTC of the period that contains ``now``."""
+    kind = PeriodKind(kind)
     tz = zone(tz_name)
     local_day = now.astimezone(tz).date()
     first = _first_day(kind, local_day)
     start = _local_midnight_utc(first, tz)
     end = _local_midnight_utc(_next_first_day(kind, first), tz)
-    if now < start:  # only possible just after a skipped midnight: belongs to the day before
-        return bounds(kind, tz_name, start - timedelta(microseconds=1))
     return start, end

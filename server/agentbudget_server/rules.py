@@ -73,7 +73,10 @@ def thresholds_from_fractions(values: list[float]) -> tuple[int, ...]:
     for value in values:
         if not 0.0 < value < 1.0:  # also rejects NaN
             raise ValueError(f"alert thresholds must be strictly between 0 and 1, got {value}")
-        out.add(round(value * PPM))
+        ppm = round(value * PPM)
+        if not 0 < ppm < PPM:
+            raise ValueError(f"alert thresholds are kept to a millionth; {value} is too close to 0 or 1")
+        out.add(ppm)
     if len(out) > 10:
         raise ValueError("at most 10 alert thresholds")
     return tuple(sorted(out))
