@@ -48,3 +48,11 @@ def test_no_importable_package_is_named_operator():
 
     spec = importlib.util.find_spec("operator")
     assert spec is not None and spec.origin and "site-packages" not in spec.origin and str(ROOT) not in spec.origin
+
+
+def test_every_documented_error_reason_has_a_client_exception():
+    from agentbudget.errors import REASONS
+    from agentbudget.v1 import budget_authority_pb2 as pb
+
+    documented = {name for name in pb.ErrorReason.keys() if name != "ERROR_REASON_UNSPECIFIED"}
+    assert documented == set(REASONS)

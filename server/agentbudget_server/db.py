@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from . import sql
+from .sql import QUERIES as Q
 from .errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,10 @@ async def migrate(dsn: str) -> list[str]:
     """Apply the migrations not yet applied, in order; safe from any number of processes at once."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        await conn.execute(Q["migration_lock"], MIGRATION_LOCK)
         try:
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version    text PRIMARY KEY,
-                       checksum   text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT * FROM schema_migrations")}
+            await conn.execute(Q["create_migrations_table"])
+            done = {r["version"]: r["checksum"] for r in await conn.fetch(Q["applied_migrations"])}
             applied = []
             for version, text in sql.migrations():
                 checksum = hashlib.sha256(text.encode()).hexdigest()
@@ -73,14 +69,12 @@ async def migrate(dsn: str) -> list[str]:
                     continue
                 async with conn.transaction():
                     await conn.execute(text)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)", version, checksum
-                    )
+                    await conn.execute(Q["record_migration"], version, checksum)
                 applied.append(version)
                 log.info("applied migration %s", version)
             return applied
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+            await conn.execute(Q["migration_unlock"], MIGRATION_LOCK)
     finally:
         await conn.close()
 

@@ -1,6 +1,25 @@
 -- Every query of the authority, by name. Loaded once by sql/__init__.py.
 -- Lock order: budgets rows by name, then whatever belongs to them.
 
+-- name: migration_lock
+SELECT pg_advisory_lock($1);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT version, checksum FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2);
+
 -- name: lock_budget
 -- The budget row is the lock that serialises every change of its money.
 SELECT b.*, agentbudget_now() AS now
