@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 
 from . import sql
-from .sql import QUERIES as Q
 from .errors import DatabaseUnavailable
+from .sql import QUERIES as Q
 
 log = logging.getLogger(__name__)
 # pg_advisory_lock key: any constant the application owns ("agentbudget" as bytes).
