@@ -89,3 +89,16 @@ async def test_concurrent_writers_produce_gapless_increasing_ids_seen_exactly_on
     ids = [e.id for e in events]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     assert sum(e.type == pb.EVENT_RESERVATION_DENIED for e in events) == 80
+
+
+async def test_a_stream_ends_with_shutting_down_when_its_server_stops(dsn):
+    other = await app.start(server_settings(), dsn)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
+        watcher = pb_grpc.BudgetAuthorityStub(channel)
+        await make_budget(watcher)
+        call = watcher.WatchEvents(pb.WatchEventsRequest())
+        stream = call.__aiter__()
+        assert (await stream.__anext__()).event.type == pb.EVENT_BUDGET_CREATED  # the stream is open
+        stopping = asyncio.ensure_future(other.stop(grace=2.0))
+        await expect_error(stream.__anext__(), Code.UNAVAILABLE, "SHUTTING_DOWN")
+        await stopping

@@ -85,6 +85,7 @@ REASONS: dict[str, type[BudgetError]] = {
     "TRANSFER_EXCEEDS_AVAILABLE": TransferExceedsAvailableError,
     "BUDGET_CONFLICT": BudgetConflictError,
     "DATABASE_UNAVAILABLE": UnavailableError,
+    "SHUTTING_DOWN": UnavailableError,
 }
 
 

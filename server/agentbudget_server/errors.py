@@ -118,3 +118,8 @@ def sums_of(field: str) -> Iterator[None]:
         yield
     except MoneyError as exc:
         raise InvalidField(field, str(exc), reason=exc.reason) from None
+
+
+class ShuttingDown(AuthorityError):
+    code = "UNAVAILABLE"
+    reason = "SHUTTING_DOWN"

@@ -11,6 +11,7 @@ from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 
 from . import budgets, ledger, validate, wire
+from .errors import ShuttingDown
 from .events import EventHub
 from .settings import Settings
 from .status import classify, to_status
@@ -101,5 +102,6 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
             flt = validate.watch(request)
             async for event in self.hub.stream(flt):
                 yield pb.WatchEventsResponse(event=wire.event(event))
+            raise ShuttingDown("the server is shutting down; resume with after_id = the last event id seen")
         except Exception as exc:
             await context.abort_with_status(to_status(classify(exc)))

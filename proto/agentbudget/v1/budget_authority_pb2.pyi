@@ -66,6 +66,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 12
     """UNAVAILABLE: the database cannot be reached; retry with the same id."""
+    SHUTTING_DOWN: _ErrorReason.ValueType  # 13
+    """UNAVAILABLE: the server is shutting down; WatchEvents streams end with it
+    (resume elsewhere with after_id = the last id seen).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable values of google.rpc.ErrorInfo.reason (the enum is documentation:
@@ -100,6 +104,10 @@ BUDGET_CONFLICT: ErrorReason.ValueType  # 11
 """
 DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 12
 """UNAVAILABLE: the database cannot be reached; retry with the same id."""
+SHUTTING_DOWN: ErrorReason.ValueType  # 13
+"""UNAVAILABLE: the server is shutting down; WatchEvents streams end with it
+(resume elsewhere with after_id = the last id seen).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Period:

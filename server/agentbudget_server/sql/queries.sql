@@ -154,11 +154,14 @@ ORDER BY e.id
 LIMIT $4;
 
 -- name: due_budgets
--- Budgets with holds past their TTL, or whose period has ended: the sweeper's work list.
+-- Budgets with holds past their TTL (through the partial index on ACTIVE holds), or whose
+-- period has ended: the sweeper's work list.
 SELECT b.name
 FROM budgets b
-WHERE EXISTS (SELECT 1 FROM reservations r
-              WHERE r.budget_id = b.id AND r.state = 'ACTIVE' AND r.expires_at <= agentbudget_now())
+WHERE b.id IN (SELECT r.budget_id FROM reservations r
+               WHERE r.state = 'ACTIVE' AND r.expires_at <= agentbudget_now()
+               ORDER BY r.expires_at
+               LIMIT $1)
 UNION
 SELECT b.name FROM budgets b WHERE b.deleted_at IS NULL AND b.period_end <= agentbudget_now()
 LIMIT $1;
