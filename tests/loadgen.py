@@ -74,6 +74,8 @@ class Hold:
     actual: int | None = None
     overrun: bool | None = None
     late: bool | None = None
+    expired_first: bool = False  # the TTL ran out before the client's Release arrived
+    sent_at: float = 0.0  # time.monotonic() when the Reserve was sent
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Tally:
     per_client_completed: Counter[str] = field(default_factory=Counter)
     per_address_ok: Counter[str] = field(default_factory=Counter)
     topups: int = 0
+    duplicates: int = 0
     progress: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def advance(self, client: str) -> None:
@@ -94,11 +97,16 @@ class Tally:
         async with self.progress:
             self.progress.notify_all()
 
+    async def until(self, predicate: Callable[[], bool], stop: asyncio.Event | None = None) -> bool:
+        """Wait, re-checking after every answered attempt, until ``predicate`` holds (False if
+        ``stop`` is set first)."""
+        async with self.progress:
+            await self.progress.wait_for(lambda: predicate() or (stop is not None and stop.is_set()))
+        return predicate()
+
     async def reached(self, n: int, stop: asyncio.Event | None = None) -> bool:
         """Wait until ``n`` attempts were answered (False if ``stop`` is set first)."""
-        async with self.progress:
-            await self.progress.wait_for(lambda: self.completed >= n or (stop is not None and stop.is_set()))
-        return self.completed >= n
+        return await self.until(lambda: self.completed >= n, stop)
 
 
 class Vanished(Exception):
@@ -134,6 +142,7 @@ class Mix:
     max_amount: int = 50 * CENT
     ttl: float = 30.0  # holds meant to be ended
     expire_ttl: float = 0.3  # holds meant to expire
+    duplicate: float = 0.0  # calls sent to two replicas at once, with the same id
 
 
 class Agent:
@@ -150,6 +159,7 @@ class Agent:
         mix: Mix,
         role: str = "steady",
         fleet: Fleet | None = None,
+        twin_address: str | None = None,
     ) -> None:
         self.name = name
         self.budget = budget
@@ -161,6 +171,9 @@ class Agent:
         self.mix = mix
         self.role = role
         self.fleet = fleet
+        self.twin_address = twin_address
+        self.twin_channel: grpc.aio.Channel | None = None
+        self.twin: pb_grpc.BudgetAuthorityStub | None = None
         self.channel: grpc.aio.Channel | None = None
         self.stub: pb_grpc.BudgetAuthorityStub | None = None
         self.open: list[Hold] = []
@@ -171,11 +184,46 @@ class Agent:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.BudgetAuthorityStub(self.channel)
+        if self.twin_address is not None and self.twin_channel is None:
+            self.twin_channel = grpc.aio.insecure_channel(self.twin_address, options=CHANNEL_OPTIONS)
+            self.twin = pb_grpc.BudgetAuthorityStub(self.twin_channel)
 
     async def _close(self) -> None:
         if self.channel is not None:
             await self.channel.close()
             self.channel = None
+        if self.twin_channel is not None:
+            await self.twin_channel.close()
+            self.twin_channel = self.twin = None
+
+    async def _send(self, method: str, request: Any) -> Any:
+        """Usually one call; sometimes the same request to two replicas at once (a client that
+        retried too eagerly): the answers must be the same bytes, the effect single."""
+        if self.twin is None or self.rng.random() >= self.mix.duplicate:
+            return await self._call(method, request)
+        self.tally.duplicates += 1
+        results = await asyncio.gather(
+            self._call(method, request),
+            getattr(self.twin, method)(request, timeout=CALL_TIMEOUT),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, grpc.aio.AioRpcError):
+                raise r
+        oks = [r for r in results if not isinstance(r, BaseException)]
+        errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        if len({r.SerializeToString(deterministic=True) for r in oks}) > 1:
+            self.tally.unexpected.append(f"{self.name} {method} twice: different answers {oks}")
+        if not oks:
+            if len({(e.code(), getattr(error_info(e), "reason", "")) for e in errors}) > 1:
+                self.tally.unexpected.append(f"{self.name} {method} twice: {[describe(e) for e in errors]}")
+            raise errors[0]
+        for e in errors:
+            # A denial not stored can be followed by a grant once room is freed; nothing else differs.
+            info = error_info(e)
+            if not (method == "Reserve" and info is not None and info.reason == "BUDGET_EXCEEDED"):
+                self.tally.unexpected.append(f"{self.name} {method} twice: one failed: {describe(e)}")
+        return oks[0]
 
     async def _call(self, method: str, request: Any) -> Any:
         """One RPC; a failover agent retries it with the very same request elsewhere."""
@@ -231,8 +279,9 @@ class Agent:
         req = pb.ReserveRequest(
             budget=hold.budget, reservation_id=hold.rid, amount=money(hold.amount), ttl=duration(hold.ttl)
         )
+        hold.sent_at = time.monotonic()
         try:
-            resp = await self._call("Reserve", req)
+            resp = await self._send("Reserve", req)
         except grpc.aio.AioRpcError as err:
             info = error_info(err)
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and info and info.reason == "BUDGET_EXCEEDED":
@@ -257,21 +306,35 @@ class Agent:
         try:
             if hold.fate == "commit":
                 assert hold.actual is not None
-                resp = await self._call(
+                resp = await self._send(
                     "Commit",
                     pb.CommitRequest(budget=hold.budget, reservation_id=hold.rid, actual=money(hold.actual)),
                 )
                 r = resp.reservation
                 hold.overrun, hold.late = r.overrun, r.late
+                if r.late and time.monotonic() - hold.sent_at < hold.ttl:
+                    self.tally.unexpected.append(f"{self.name} Commit {hold.rid}: late before its TTL ran out")
                 expected = (pb.RESERVATION_COMMITTED, hold.actual)
                 if (r.state, nanos_of(r.committed)) != expected:
                     self.tally.unexpected.append(f"{self.name} Commit {hold.rid}: odd response {resp}")
             else:
-                resp = await self._call("Release", pb.ReleaseRequest(budget=hold.budget, reservation_id=hold.rid))
+                resp = await self._send("Release", pb.ReleaseRequest(budget=hold.budget, reservation_id=hold.rid))
                 if resp.reservation.state != pb.RESERVATION_RELEASED:
                     self.tally.unexpected.append(f"{self.name} Release {hold.rid}: odd response {resp}")
             hold.end_known = True
         except grpc.aio.AioRpcError as err:
+            info = error_info(err)
+            if (
+                hold.fate == "release"
+                and err.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and info is not None
+                and info.reason == "RESERVATION_ENDED"
+                and info.metadata.get("state") == "EXPIRED"
+                and time.monotonic() - hold.sent_at >= hold.ttl
+            ):
+                # Too slow to release: the TTL had run out. The documented answer, not a failure.
+                hold.end_known = hold.expired_first = True
+                return
             self.tally.unexpected.append(f"{self.name} {hold.end_sent} {hold.rid}: {describe(err)}")
 
     async def _vanish(self) -> None:
@@ -369,6 +432,9 @@ async def run_agents(agents: list[Agent], background: list[Callable[[asyncio.Eve
         await asyncio.gather(*(a.run() for a in agents))
     finally:
         stop.set()
+        for tally in {id(a.tally): a.tally for a in agents}.values():
+            async with tally.progress:  # wake helpers still waiting for progress that will not come
+                tally.progress.notify_all()
         for t in helpers:
             await t
 
@@ -409,6 +475,8 @@ async def check_balances(conn: asyncpg.Connection) -> list[str]:
                 f"{key}: HOLD {r['reservation_id']} (row {r['id']}) granted with spent {spent} + held {held}"
                 f" > limit {limit}"
             )
+        if r["entry_type"] in ("COMMIT", "CHARGE") and spent > limit and not r["overrun"]:
+            problems.append(f"{key}: {r['entry_type']} row {r['id']} took spent {spent} past {limit}, not flagged")
         if r["entry_type"] == "COMMIT":
             over = r["spent_delta"] + r["held_delta"]  # actual - hold
             if over > 0:
@@ -514,7 +582,7 @@ async def check_holds(conn: asyncpg.Connection, tally: Tally, *, allow_active: b
                 if hold.actual > hold.amount and not hold.overrun:
                     problems.append(f"{key}: commit of {hold.actual} over a hold of {hold.amount} not an overrun")
             else:
-                ok = state == "RELEASED"
+                ok = state == ("EXPIRED" if hold.expired_first else "RELEASED")
             if not ok:
                 problems.append(f"{key}: client ended it by {hold.end_sent}, stored {dict(row)}")
         elif hold.end_sent is not None:  # ending in flight when the server died
@@ -538,13 +606,16 @@ async def check_all(dsn: str, tally: Tally, *, expiry_timeout: float = 20.0) -> 
     """Every invariant, before and after the sweepers expire what was left; returns some counts."""
     conn = await asyncpg.connect(dsn)
     try:
-        problems = await check_balances(conn)
-        problems += await check_holds(conn, tally, allow_active=True)
+        # Each pass reads one snapshot: the sweepers are still at work while the first one runs.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            problems = await check_balances(conn)
+            problems += await check_holds(conn, tally, allow_active=True)
         still_active = await wait_no_active_holds(conn, expiry_timeout)
         if still_active:
             problems.append(f"{still_active} holds still ACTIVE {expiry_timeout}s after the load")
-        problems += await check_balances(conn)
-        problems += await check_holds(conn, tally, allow_active=False)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            problems += await check_balances(conn)
+            problems += await check_holds(conn, tally, allow_active=False)
         states = Counter(
             {r["state"]: r["n"] for r in await conn.fetch("SELECT state, count(*) AS n FROM reservations GROUP BY 1")}
         )
@@ -553,3 +624,15 @@ async def check_all(dsn: str, tally: Tally, *, expiry_timeout: float = 20.0) -> 
     finally:
         await conn.close()
     return {"problems": problems, "states": states, "overruns": overruns, "late": late}
+
+
+def summary(tally: Tally, result: dict[str, Any]) -> str:
+    """One line for humans (pytest -s): what the load did."""
+    holds = tally.holds.values()
+    return (
+        f"attempts={tally.completed} granted={sum(1 for h in holds if h.granted)} denied={len(tally.denied)}"
+        f" unknown={sum(1 for h in holds if h.granted is None)} abandoned={sum(1 for h in holds if h.abandoned)}"
+        f" expired_before_release={sum(1 for h in holds if h.expired_first)} lost_calls={len(tally.lost)}"
+        f" topups={tally.topups} duplicates={tally.duplicates} states={dict(result['states'])}"
+        f" overrun_rows={result['overruns']} late_rows={result['late']}"
+    )

@@ -12,7 +12,7 @@ import random
 import time
 
 import pytest
-from loadgen import CENT, NANO, Agent, Mix, Tally, check_all, create_budgets, run_agents, top_up
+from loadgen import CENT, NANO, Agent, Mix, Tally, check_all, create_budgets, run_agents, summary, top_up
 from procs import ServerProcess, start_all
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,8 @@ async def test_many_agents_on_two_replicas_never_overspend(dsn: str) -> None:
                 random.Random(rng.getrandbits(64)),
                 attempts=ATTEMPTS,
                 deadline=deadline,
-                mix=Mix(),
+                mix=Mix(duplicate=0.1),
+                twin_address=addresses[(i // len(HOT) + 1) % len(addresses)],
             )
             for i in range(AGENTS)
         ]
@@ -65,10 +66,12 @@ async def test_many_agents_on_two_replicas_never_overspend(dsn: str) -> None:
         assert tally.denied and granted
         assert all(tally.per_address_ok[a] > 0 for a in addresses)
         assert tally.topups >= 10
+        assert tally.duplicates > 0
         assert any(h.overrun for h in granted)
         assert {h.fate for h in granted} == {"commit", "release", "expire"}
 
         result = await check_all(dsn, tally)
+        print(summary(tally, result))
         assert result["problems"] == []
         states = result["states"]
         assert states["EXPIRED"] == sum(1 for h in granted if h.fate == "expire")

@@ -24,6 +24,7 @@ from agentbudget.errors import IdempotencyKeyReusedError, ReservationEndedError,
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_server import app
+from agentbudget_server.sql import QUERIES
 from conftest import make_budget, nanos, usd
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -246,8 +247,6 @@ async def ledger_state(dsn: str, key: str) -> tuple[Counter[str], Balances, list
             "SELECT b.name, p.limit_nanos, p.spent_nanos, p.held_nanos FROM budgets b "
             "JOIN budget_periods p ON p.budget_id = b.id AND p.period_start = b.period_start"
         )
-        from agentbudget_server.sql import QUERIES
-
         audit = await conn.fetch(QUERIES["audit_balances"])
     finally:
         await conn.close()

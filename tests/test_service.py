@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -16,6 +12,7 @@ from agentbudget.v1 import budget_authority_pb2 as pb
 from conftest import ADMIN_DSN, expect_error, make_budget, usd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from procs import ServerProcess, agentbudget_executable
 
 Code = grpc.StatusCode
 SERVICE = "agentbudget.v1.BudgetAuthority"
@@ -42,48 +39,19 @@ async def test_reflection_lists_the_services_like_grpcurl_would(channel):
 
 
 async def test_sigterm_turns_health_not_serving_before_the_server_stops(dsn):
-    ready = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentbudget_server",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            dsn,
-            "--ready-file",
-            str(ready),
-            "--grace-seconds",
-            "2",
-            "--log-level",
-            "WARNING",
-        ],
-    )
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while not ready.exists() or not ready.read_text():
-            assert proc.poll() is None and loop.time() < deadline, "server did not start"
-            await asyncio.sleep(0.05)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ready.read_text()}") as channel:
+    with ServerProcess(dsn, extra_args=("--grace-seconds", "2")) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
             seen = []
             async for resp in watch:
                 seen.append(resp.status)
                 if len(seen) == 1:
-                    proc.send_signal(signal.SIGTERM)
+                    assert server.proc is not None
+                    server.proc.send_signal(signal.SIGTERM)
                 else:
                     break
-            assert seen == [
-                health_pb2.HealthCheckResponse.SERVING,
-                health_pb2.HealthCheckResponse.NOT_SERVING,
-            ]
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+            assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert await asyncio.to_thread(server.stop) == 0
 
 
 async def test_a_database_outage_is_unavailable_and_service_resumes_after_it(stub, dsn):
@@ -106,39 +74,12 @@ async def test_a_database_outage_is_unavailable_and_service_resumes_after_it(stu
         await admin.close()
 
 
-def test_cli_drives_a_budget_from_the_shell(dsn, tmp_path):
-    ready = tmp_path / "port"
-    env = {**os.environ, "AGENTBUDGET_DATABASE_URL": dsn}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentbudget_server",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ready-file",
-            str(ready),
-        ],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import time
-
-        deadline = time.monotonic() + 30
-        while not ready.exists() or not ready.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        target = ["--target", f"127.0.0.1:{ready.read_text()}"]
+def test_cli_drives_a_budget_from_the_shell(dsn):
+    with ServerProcess(dsn) as server:
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "agentbudget_server", *args, *target],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            command = [agentbudget_executable(), *args, "--target", server.address]
+            return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
         made = cli("budget", "set", "team/research", "--limit", "20")
         assert made.returncode == 0 and "team/research" in made.stdout and "20.00 USD" in made.stdout
@@ -153,6 +94,3 @@ def test_cli_drives_a_budget_from_the_shell(dsn, tmp_path):
         assert "BUDGET_CREATED" in events.stdout and "RESERVATION_DENIED" in events.stdout
         bad = cli("budget", "set", "team/x", "--limit", "1.0000000001")
         assert bad.returncode == 2 and "nano" in bad.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
