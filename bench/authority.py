@@ -88,7 +88,7 @@ class Cell:
 
 
 async def _client(
-    stub: pb_grpc.BudgetAuthorityStub, job: Job, name: str, start: float, end: float, out: WorkerResult
+    stub: pb_grpc.BudgetAuthorityAsyncStub, job: Job, name: str, start: float, end: float, out: WorkerResult
 ) -> None:
     rng = random.Random(name)
     seq = 0
@@ -97,12 +97,8 @@ async def _client(
         rid = f"{name}-{seq}"
         seq += 1
         try:
-            await stub.Reserve(
-                pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD), timeout=RPC_TIMEOUT
-            )
-            await stub.Commit(
-                pb.CommitRequest(budget=budget, reservation_id=rid, actual=ACTUAL), timeout=RPC_TIMEOUT
-            )
+            await stub.Reserve(pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD), timeout=RPC_TIMEOUT)
+            await stub.Commit(pb.CommitRequest(budget=budget, reservation_id=rid, actual=ACTUAL), timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             out.errors += 1
             if len(out.error_samples) < 5:
@@ -131,7 +127,7 @@ async def _worker(job: Job, barrier: Barrier) -> WorkerResult:
         )
         return out
     finally:
-        await asyncio.gather(*(ch.close() for ch in channels))
+        await asyncio.gather(*(ch.close(None) for ch in channels))
 
 
 def worker_main(job: Job, barrier: Barrier, results: mp.Queue[WorkerResult]) -> None:
@@ -280,9 +276,7 @@ async def create_budgets(target: str, names: list[str]) -> None:
 
         async def one(name: str) -> None:
             async with gate:
-                await stub.UpsertBudget(
-                    pb.UpsertBudgetRequest(name=name, spec=pb.BudgetSpec(limit=money(LIMIT)))
-                )
+                await stub.UpsertBudget(pb.UpsertBudgetRequest(name=name, spec=pb.BudgetSpec(limit=money(LIMIT))))
 
         await asyncio.gather(*(one(n) for n in names))
 

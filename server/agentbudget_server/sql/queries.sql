@@ -21,7 +21,9 @@ SELECT version, checksum FROM schema_migrations;
 INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2);
 
 -- name: lock_budget
--- The budget row is the lock that serialises every change of its money.
+-- The budget row is the lock that serialises every change of its money. Nothing else may be
+-- read in this statement: its snapshot predates the wait for the lock, so a joined period row
+-- could miss the previous holder's update. The period is read by the next statement.
 SELECT b.*, agentbudget_now() AS now
 FROM budgets b
 WHERE b.name = $1 AND ($2 OR b.deleted_at IS NULL)
