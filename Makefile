@@ -21,7 +21,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy proto/agentbudget server/agentbudget_server
+	$(BIN)/mypy proto/agentbudget server/agentbudget_server operator/agentbudget_operator
 
 bench: $(STAMP)
 	$(BIN)/python bench/authority.py $(ARGS)

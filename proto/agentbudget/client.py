@@ -87,7 +87,7 @@ class Hold:
 
     async def _reserve(self) -> Hold:
         if self.reservation is None:
-            resp: pb.ReserveResponse = await self._client._call(self._client.stub.Reserve, self.request)
+            resp: pb.ReserveResponse = await self._client.call(self._client.stub.Reserve, self.request)
             self.reservation = resp.reservation
         return self
 
@@ -135,7 +135,7 @@ class BudgetClient:
     async def close(self) -> None:
         await self.channel.close(None)
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def call(self, method: Any, request: Any) -> Any:
         """``method(request)``, retried with the very same request while the authority is unavailable."""
         attempt = 0
         while True:
@@ -181,12 +181,12 @@ class BudgetClient:
         req = pb.CommitRequest(
             budget=budget, reservation_id=reservation_id, actual=money(actual, currency), details=details
         )
-        resp: pb.CommitResponse = await self._call(self.stub.Commit, req)
+        resp: pb.CommitResponse = await self.call(self.stub.Commit, req)
         return resp
 
     async def release(self, budget: str, reservation_id: str) -> pb.ReleaseResponse:
         req = pb.ReleaseRequest(budget=budget, reservation_id=reservation_id)
-        resp: pb.ReleaseResponse = await self._call(self.stub.Release, req)
+        resp: pb.ReleaseResponse = await self.call(self.stub.Release, req)
         return resp
 
     async def record_cost(
@@ -204,11 +204,11 @@ class BudgetClient:
             amount=money(amount, currency),
             details=details,
         )
-        resp: pb.RecordCostResponse = await self._call(self.stub.RecordCost, req)
+        resp: pb.RecordCostResponse = await self.call(self.stub.RecordCost, req)
         return resp
 
     async def get_budget(self, name: str) -> pb.Budget:
-        resp: pb.GetBudgetResponse = await self._call(self.stub.GetBudget, pb.GetBudgetRequest(name=name))
+        resp: pb.GetBudgetResponse = await self.call(self.stub.GetBudget, pb.GetBudgetRequest(name=name))
         return resp.budget
 
     # -- administration ------------------------------------------------------------------------
@@ -233,21 +233,21 @@ class BudgetClient:
             paused=paused,
             labels=labels or {},
         )
-        resp: pb.UpsertBudgetResponse = await self._call(
+        resp: pb.UpsertBudgetResponse = await self.call(
             self.stub.UpsertBudget, pb.UpsertBudgetRequest(name=name, spec=spec)
         )
         return resp
 
     async def delete_budget(self, name: str, *, allow_missing: bool = False) -> bool:
         req = pb.DeleteBudgetRequest(name=name, allow_missing=allow_missing)
-        resp: pb.DeleteBudgetResponse = await self._call(self.stub.DeleteBudget, req)
+        resp: pb.DeleteBudgetResponse = await self.call(self.stub.DeleteBudget, req)
         return resp.deleted
 
     async def list_budgets(self, namespace: str = "", page_size: int = 0) -> AsyncIterator[pb.Budget]:
         token = ""
         while True:
             req = pb.ListBudgetsRequest(namespace=namespace, page_size=page_size, page_token=token)
-            resp: pb.ListBudgetsResponse = await self._call(self.stub.ListBudgets, req)
+            resp: pb.ListBudgetsResponse = await self.call(self.stub.ListBudgets, req)
             for budget in resp.budgets:
                 yield budget
             token = resp.next_page_token
@@ -271,7 +271,7 @@ class BudgetClient:
             amount=money(amount, currency),
             reason=reason,
         )
-        resp: pb.TransferResponse = await self._call(self.stub.Transfer, req)
+        resp: pb.TransferResponse = await self.call(self.stub.Transfer, req)
         return resp
 
     async def ledger_entries(
@@ -289,7 +289,7 @@ class BudgetClient:
                 req.start_time.CopyFrom(_timestamp(start))
             if end is not None:
                 req.end_time.CopyFrom(_timestamp(end))
-            resp: pb.ListLedgerEntriesResponse = await self._call(self.stub.ListLedgerEntries, req)
+            resp: pb.ListLedgerEntriesResponse = await self.call(self.stub.ListLedgerEntries, req)
             for entry in resp.entries:
                 yield entry
             token = resp.next_page_token

@@ -1,0 +1,1 @@
+"""The AgentBudget operator: AgentBudget resources drive the budget authority and the agents' workloads."""

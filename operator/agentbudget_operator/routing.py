@@ -1,0 +1,42 @@
+"""Model routing: task classes map to tiers, tiers map to models; defaults overridable per budget."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+TIERS = ("cheap", "mid", "premium")
+DEFAULT_MODELS: dict[str, str] = {
+    "cheap": "claude-haiku-4-5",
+    "mid": "claude-sonnet-4-5",
+    "premium": "claude-opus-4-1",
+}
+# The usual practice: routine work on the cheap tier, judgement on mid, open-ended thinking on premium.
+DEFAULT_TASK_CLASSES: dict[str, str] = {
+    "lookup": "cheap",
+    "monitoring": "cheap",
+    "memory": "cheap",
+    "reflection": "mid",
+    "analysis": "mid",
+    "reporting": "mid",
+    "research": "premium",
+    "planning": "premium",
+}
+ANNOTATION = "agentbudget.io/routing"
+
+
+def resolve(routing: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The full table: the defaults with the budget's overrides applied."""
+    routing = routing or {}
+    tiers = {**DEFAULT_MODELS, **dict(routing.get("tiers") or {})}
+    classes = {**DEFAULT_TASK_CLASSES, **dict(routing.get("taskClasses") or {})}
+    for task_class, tier in classes.items():
+        if tier not in TIERS:
+            raise ValueError(f"routing.taskClasses.{task_class}: unknown tier {tier!r}")
+    return {"tiers": dict(sorted(tiers.items())), "taskClasses": dict(sorted(classes.items()))}
+
+
+def pod_annotations(routing: Mapping[str, Any] | None) -> dict[str, str]:
+    """What the operator writes onto the target's pod template (one deterministic JSON value)."""
+    return {ANNOTATION: json.dumps(resolve(routing), sort_keys=True, separators=(",", ":"))}
