@@ -26,14 +26,13 @@ import kopf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
-from authority import DEFAULT_ADMIN_DSN, Server, admin, dsn_for  # noqa: E402
-from kube import AGENTBUDGETS, DEPLOYMENTS, KubeEmulator, OperatorRunner, eventually  # noqa: E402
-
 from agentbudget.client import money  # noqa: E402
 from agentbudget.v1 import budget_authority_pb2 as pb  # noqa: E402
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc  # noqa: E402
 from agentbudget_operator import handlers  # noqa: E402
 from agentbudget_operator.config import OperatorConfig  # noqa: E402
+from authority import DEFAULT_ADMIN_DSN, Server, admin, dsn_for  # noqa: E402
+from kube import AGENTBUDGETS, DEPLOYMENTS, KubeEmulator, OperatorRunner, eventually  # noqa: E402
 
 NS, NAME, TARGET = "agents", "research", "research-agent"
 
@@ -56,6 +55,10 @@ def replicas(kube: KubeEmulator) -> int:
     return int(kube.get(DEPLOYMENTS, TARGET, NS)["spec"]["replicas"])
 
 
+def limit_units(ledger: pb_grpc.BudgetAuthorityStub) -> int:
+    return int(ledger.GetBudget(pb.GetBudgetRequest(name=f"{NS}/{NAME}")).budget.spec.limit.units)
+
+
 def measure(samples: int, admin_dsn: str) -> list[float]:
     database = f"agentbudget_latency_{uuid.uuid4().hex[:8]}"
     asyncio.run(admin(admin_dsn, f'CREATE DATABASE "{database}"'))
@@ -68,17 +71,13 @@ def measure(samples: int, admin_dsn: str) -> list[float]:
             kube.create(DEPLOYMENTS, deployment())
             config = OperatorConfig(authority=server.target, kube_url=kube.url)
             with OperatorRunner(kube, handlers.registry, memo=kopf.Memo(config=config)):
-                body = {"metadata": {"name": NAME, "namespace": NS}, "spec": {"limit": "10", "targetRef": {"name": TARGET}}}
-                kube.create(AGENTBUDGETS, body)
+                spec = {"limit": "10", "targetRef": {"name": TARGET}}
+                kube.create(AGENTBUDGETS, {"metadata": {"name": NAME, "namespace": NS}, "spec": spec})
                 for i in range(samples):
                     limit = 10 * (i + 1)
                     kube.patch(AGENTBUDGETS, NAME, {"spec": {"limit": str(limit)}}, NS)
                     eventually(lambda: replicas(kube) == 2, timeout=30, what="agent running")
-                    eventually(
-                        lambda lim=limit: ledger.GetBudget(pb.GetBudgetRequest(name=f"{NS}/{NAME}")).budget.spec.limit.units
-                        == lim,
-                        timeout=30,
-                    )
+                    eventually(lambda lim=limit: limit_units(ledger) == lim, timeout=30, what="limit in force")
                     cost = pb.RecordCostRequest(budget=f"{NS}/{NAME}", request_id=f"c{i}", amount=money("10"))
                     ledger.RecordCost(cost)  # acknowledged: committed in PostgreSQL
                     committed = time.monotonic()
