@@ -3,6 +3,7 @@ phase → scaling, authority event → Kubernetes Event. Handlers only fetch, ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from agentbudget.v1 import budget_authority_pb2 as pb
 from google.type.money_pb2 import Money
 
 REPLICAS_ANNOTATION = "agentbudget.io/paused-replicas"
+MAX_REPLICAS = 2**31 - 1  # a Deployment's replicas is an int32
 PERIODS = {"Monthly": pb.MONTHLY, "Weekly": pb.WEEKLY, "Daily": pb.DAILY}
 PHASES = {pb.ACTIVE: "Active", pb.WARNING: "Warning", pb.EXHAUSTED: "Exhausted", pb.PAUSED: "Paused"}
 
@@ -38,14 +40,22 @@ def upsert_request(namespace: str, name: str, spec: Mapping[str, Any]) -> pb.Ups
         limit_money = money(limit, str(spec.get("currency", "USD")))
     except ValueError as exc:
         raise SpecError(f"spec.limit: {exc}") from None
+    thresholds = spec.get("alertThresholds", [0.8])
+    if not isinstance(thresholds, list) or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) for t in thresholds
+    ):
+        raise SpecError(f"spec.alertThresholds must be a list of numbers, got {thresholds!r}")
+    paused = spec.get("paused", False)
+    if not isinstance(paused, bool):
+        raise SpecError(f"spec.paused must be true or false, got {paused!r}")
     return pb.UpsertBudgetRequest(
         name=budget_name(namespace, name),
         spec=pb.BudgetSpec(
             limit=limit_money,
             period=PERIODS[period],
             time_zone=str(spec.get("timeZone", "")),
-            alert_thresholds=[float(t) for t in spec.get("alertThresholds", [0.8])],
-            paused=bool(spec.get("paused", False)),
+            alert_thresholds=[float(t) for t in thresholds],
+            paused=paused,
         ),
     )
 
@@ -69,7 +79,7 @@ def budget_status(budget: pb.Budget) -> dict[str, Any]:
         "held": show_money(budget.held),
         "remaining": show_money(budget.remaining),
         "utilization": round(budget.utilization, 6),
-        "used": f"{budget.utilization:.0%}",
+        "used": f"{math.floor(budget.utilization * 100)}%",  # never "100%" while money is left
         "periodStart": _time(budget.period_start),
         "periodEnd": _time(budget.period_end),
     }
@@ -102,8 +112,10 @@ def scale_plan(pause: bool, replicas: int, remembered: str | None, why: str) -> 
     if remembered is None:
         return ScalePlan()
     try:
-        former = max(0, int(remembered))
+        former = int(remembered)
     except ValueError:
+        former = -1
+    if not 0 <= former <= MAX_REPLICAS:
         former = 1  # a damaged annotation: bring the agent back rather than leave it down
     return ScalePlan(former, "", ("Normal", "Resumed", f"budget available again; restored {former} replicas"))
 
@@ -126,7 +138,7 @@ def kube_event(event: pb.Event) -> tuple[str, str, str] | None:
         return None
     used = f"spent {show_money(event.spent)} of {show_money(event.effective_limit)}"
     if event.type == pb.EVENT_THRESHOLD_CROSSED:
-        message = f"{event.threshold:.0%} of the budget reached: {used}"
+        message = f"{event.threshold * 100:g}% of the budget reached: {used}"
     elif event.type == pb.EVENT_BUDGET_EXHAUSTED:
         message = f"budget exhausted: {used}; the agent is paused until budget is available"
     else:

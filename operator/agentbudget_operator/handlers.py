@@ -17,7 +17,6 @@ RESYNC_SECONDS = float(os.environ.get("AGENTBUDGET_OPERATOR_RESYNC_SECONDS", "30
 
 @kopf.on.startup(registry=registry)
 async def startup(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.posting.level = 20  # Events from INFO up: Paused / Resumed are Normal events
     settings.persistence.finalizer = "agentbudget.io/finalizer"
     config = memo.get("config") or OperatorConfig.from_env()
     memo["ctx"] = reconcile.Context.create(config)

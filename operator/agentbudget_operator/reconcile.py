@@ -115,7 +115,12 @@ async def reconcile(
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         if budget is None:
-            budget = await ctx.authority.get_budget(decisions.budget_name(namespace, name))
+            try:
+                budget = await ctx.authority.get_budget(decisions.budget_name(namespace, name))
+            except errors.BudgetNotFoundError:
+                return  # not (yet) in the authority: the sync handler owns that, and says why
+            except errors.UnavailableError as exc:
+                raise kopf.TemporaryError(f"the authority is unavailable: {exc.message}", delay=2) from exc
         meta, status = body["metadata"], body.get("status") or {}
         generation = meta.get("generation", 0)
         desired: dict[str, Any] = decisions.budget_status(budget)
@@ -185,8 +190,10 @@ async def _reconcile_target(ctx: Context, body: Mapping[str, Any], budget: pb.Bu
 
 async def enforce(ctx: Context, namespace: str, name: str) -> None:
     """A paused agent's Deployment was scaled up by hand: reconcile scales it down again."""
-    with contextlib.suppress(kopf.TemporaryError):
+    try:
         await reconcile(ctx, namespace, name)
+    except (kopf.TemporaryError, errors.BudgetError) as exc:  # the next event or the resync retries
+        log.warning("%s/%s: enforcement deferred: %s", namespace, name, exc)
 
 
 async def delete(ctx: Context, body: Mapping[str, Any]) -> None:

@@ -29,6 +29,9 @@ ANNOTATION = "agentbudget.io/routing"
 def resolve(routing: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
     """The full table: the defaults with the budget's overrides applied."""
     routing = routing or {}
+    for tier in routing.get("tiers") or {}:
+        if tier not in TIERS:
+            raise ValueError(f"routing.tiers: unknown tier {tier!r} (known: {', '.join(TIERS)})")
     tiers = {**DEFAULT_MODELS, **dict(routing.get("tiers") or {})}
     classes = {**DEFAULT_TASK_CLASSES, **dict(routing.get("taskClasses") or {})}
     for task_class, tier in classes.items():
