@@ -19,7 +19,7 @@ Usage::
     def test_it(kube: KubeEmulator) -> None:
         with OperatorRunner(kube, registry):
             kube.create(AGENTBUDGETS, {"metadata": {"name": "ab1"}, "spec": {}})
-            eventually(lambda: kube.get(AGENTBUDGETS, "ab1")["status"]["phase"] == "Ready")
+            eventually(lambda: kube.get(AGENTBUDGETS, "ab1")["status"]["phase"] == "Active")
         assert not kube.requests("PATCH", DEPLOYMENTS)  # nothing sent to any Deployment
 
 Not emulated: PUT (replace), collection DELETE, label/field selectors, strategic-merge list
@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from typing import Any, Self, TypeVar
 
 import aiohttp.web
+import crd
 import jsonpatch
 import jsonpointer
 import kmock
@@ -55,7 +56,7 @@ import kubernetes.client
 T = TypeVar("T")
 Body = dict[str, Any]
 
-AGENTBUDGETS = kmock.resource("agentbudget.io", "v1alpha1", "agentbudgets")
+AGENTBUDGETS = crd.resource()  # from the chart's CRD file
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 EVENTS = kmock.resource("", "v1", "events")
 EVENTS_K8S = kmock.resource("events.k8s.io", "v1", "events")
@@ -72,7 +73,7 @@ def default_resources() -> dict[kmock.resource, kmock.ResourceInfo]:
         return kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=_VERBS, **kwargs)
 
     return {
-        AGENTBUDGETS: info("AgentBudget", True, shortnames={"ab"}, subresources={"status"}),
+        AGENTBUDGETS: crd.resource_info(_VERBS),
         DEPLOYMENTS: info("Deployment", True, shortnames={"deploy"}, subresources={"status", "scale"}),
         EVENTS: info("Event", True, shortnames={"ev"}),
         EVENTS_K8S: info("Event", True, shortnames={"ev"}),
@@ -258,6 +259,7 @@ class _Emulator(kmock.KubernetesEmulator):
         if "status" in info.subresources:
             body.pop("status", None)  # as the real API: status is written only via /status
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        self._validate(resource, body)
         return self._store("ADDED", resource, body)
 
     def _update(
@@ -309,6 +311,7 @@ class _Emulator(kmock.KubernetesEmulator):
             meta.pop(field, None)
             if field in old_meta:
                 meta[field] = old_meta[field]
+        self._validate(resource, new)
         if new == old:
             # A no-op write changes nothing: no new resourceVersion, no watch event.
             return self._scale_of(old) if subresource == "scale" else old
@@ -321,6 +324,14 @@ class _Emulator(kmock.KubernetesEmulator):
         else:
             stored = self._store("MODIFIED", resource, new)
         return self._scale_of(stored) if subresource == "scale" else stored
+
+    @staticmethod
+    def _validate(resource: kmock.resource, body: Body) -> None:
+        """AgentBudgets are checked against the CRD's schema, as the API server would."""
+        if resource == AGENTBUDGETS:
+            problems = crd.errors(body)
+            if problems:
+                raise _error(422, "Invalid", "; ".join(problems))
 
     def _delete(self, resource: kmock.resource, namespace: str | None, name: str) -> Body:
         body = self._current(resource, namespace, name)

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import crd
 import jsonschema
 import pytest
 import yaml
@@ -27,7 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.money_pb2 import Money
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD_PATH = ROOT / "charts" / "agentbudget" / "crds" / "agentbudgets.agentbudget.io.yaml"
+CRD_PATH = crd.CRD_PATH
 SAMPLES = ROOT / "operator" / "samples"
 VALID = sorted((SAMPLES / "valid").glob("*.yaml"))
 INVALID = sorted((SAMPLES / "invalid").glob("*.yaml"))
@@ -36,40 +37,14 @@ INT64 = (-(2**63), 2**63 - 1)
 
 
 def load_crd() -> dict[str, Any]:
-    with CRD_PATH.open() as f:
-        crd: dict[str, Any] = yaml.safe_load(f)
-    return crd
+    return crd.load()
 
 
 CRD = load_crd()
 VERSION_0: dict[str, Any] = CRD["spec"]["versions"][0]
 SCHEMA: dict[str, Any] = VERSION_0["schema"]["openAPIV3Schema"]
-
-
-def as_json_schema(node: Any, *, root: bool = True) -> Any:
-    """The CRD schema as a Draft 4 JSON Schema with the API server's semantics (see the module doc)."""
-    if isinstance(node, list):
-        return [as_json_schema(item, root=False) for item in node]
-    if not isinstance(node, dict):
-        return node
-    preserve = bool(node.get("x-kubernetes-preserve-unknown-fields"))
-    out = {k: as_json_schema(v, root=False) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    if "properties" in node:
-        # "properties" maps names to schemas: keep the names, convert the schemas
-        out["properties"] = {name: as_json_schema(s, root=False) for name, s in node["properties"].items()}
-        if root:  # every object carries these, whatever its schema says
-            out["properties"] = {
-                "apiVersion": {"type": "string"},
-                "kind": {"type": "string"},
-                "metadata": {"type": "object"},
-                **out["properties"],
-            }
-        if "additionalProperties" not in node and not preserve:
-            out["additionalProperties"] = False
-    return out
-
-
-VALIDATOR = jsonschema.Draft4Validator(as_json_schema(SCHEMA))
+as_json_schema = crd.as_json_schema
+VALIDATOR = crd.validator()
 
 
 def test_the_validator_has_openapi_3_0_semantics() -> None:

@@ -28,7 +28,7 @@ def make_registry(calls: list[str]) -> kopf.OperatorRegistry:
     @kopf.on.create("agentbudget.io", "v1alpha1", "agentbudgets", registry=registry)
     async def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         calls.append("create")
-        patch.status["phase"] = "Ready"
+        patch.status["phase"] = "Active"
         kopf.info(body, reason="BudgetReady", message="The budget is ready.")
 
     @kopf.on.resume("agentbudget.io", "v1alpha1", "agentbudgets", registry=registry)
@@ -53,7 +53,7 @@ def test_create_status_event_finalizer_and_delete(kube: KubeEmulator) -> None:
 
         def handled() -> dict[str, Any]:
             obj = kube.get(AGENTBUDGETS, "ab1")
-            assert obj is not None and obj.get("status", {}).get("phase") == "Ready"
+            assert obj is not None and obj.get("status", {}).get("phase") == "Active"
             assert HANDLED in obj["metadata"].get("annotations", {})
             return obj
 
@@ -123,9 +123,9 @@ def test_emulator_write_semantics(kube: KubeEmulator) -> None:
 
     labelled = kube.patch(AGENTBUDGETS, "ab3", {"metadata": {"labels": {"a": "b"}}, "status": {"phase": "X"}})
     assert labelled["metadata"]["generation"] == 1 and "status" not in labelled
-    both = {"status": {"phase": "Ready"}, "spec": {"limit": "0"}}
+    both = {"status": {"phase": "Active"}, "spec": {"limit": "0"}}
     status = kube.patch(AGENTBUDGETS, "ab3", both, subresource="status")
-    assert status["status"] == {"phase": "Ready"} and status["spec"]["limit"] == "10.00"
+    assert status["status"] == {"phase": "Active"} and status["spec"]["limit"] == "10.00"
     respec = kube.patch(AGENTBUDGETS, "ab3", {"spec": {"limit": "20.00"}})
     assert respec["metadata"]["generation"] == 2
 
@@ -134,5 +134,5 @@ def test_emulator_write_semantics(kube: KubeEmulator) -> None:
         kube.patch(AGENTBUDGETS, "ab3", stale)
     assert failed.value.status == 422
 
-    named = kube.create(AGENTBUDGETS, {"metadata": {"generateName": "ab-"}, "spec": {}})
+    named = kube.create(AGENTBUDGETS, {"metadata": {"generateName": "ab-"}, "spec": {"limit": "1"}})
     assert named["metadata"]["name"].startswith("ab-") and len(named["metadata"]["name"]) == 8

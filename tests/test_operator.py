@@ -260,3 +260,15 @@ def test_a_spec_the_authority_rejects_is_a_permanent_error_with_a_condition(kube
         condition = next(c for c in status()["conditions"] if c["type"] == "Synced")
         assert condition["status"] == "False" and "time zone" in condition["message"]
         eventually(lambda: "SpecRejected" in reasons(kube))
+
+
+def test_the_emulated_api_refuses_what_the_crd_schema_refuses(kube):
+    import kmock
+
+    with pytest.raises(kmock.KubernetesError) as refused:
+        kube.create(AGENTBUDGETS, agent_budget("10", alertThresholds=[1.5]))
+    assert refused.value.status == 422 and "alertThresholds" in str(refused.value)
+    kube.create(AGENTBUDGETS, agent_budget("10"))
+    with pytest.raises(kmock.KubernetesError):
+        kube.patch(AGENTBUDGETS, NAME, {"spec": {"limit": 12}}, NS)  # a number, not a decimal string
+    assert kube.get(AGENTBUDGETS, NAME, NS)["spec"]["limit"] == "10"
