@@ -135,6 +135,11 @@ def test_spend_past_the_threshold_warns_and_exhaustion_pauses_until_the_limit_ri
         assert annotations(kube)[REPLICAS_ANNOTATION] == "3"
         eventually(lambda: {"BudgetExhausted", "Paused"} <= set(reasons(kube)))
         eventually(lambda: status().get("phase") == "Exhausted")
+        with pytest.raises(grpc.RpcError):  # an agent (or a coordinator) asks anyway: escalated
+            ledger.Reserve(pb.ReserveRequest(budget=BUDGET, reservation_id="r-late", amount=usd("2")))
+        eventually(lambda: "BudgetDenied" in reasons(kube), what="denial escalated as an Event")
+        denied = next(e for e in kube.events(about=NAME) if e["reason"] == "BudgetDenied")
+        assert denied["type"] == "Warning" and "r-late" in denied["message"] and "2.00 USD" in denied["message"]
 
         kube.patch(AGENTBUDGETS, NAME, {"spec": {"limit": "20"}}, NS)
         # Scaled first, the annotation removed after: a crash in between restores again, never strands it at 0.
