@@ -20,8 +20,9 @@ import crd
 import jsonschema
 import pytest
 import yaml
+from agentbudget import routing
 from agentbudget.v1 import budget_authority_pb2 as pb
-from agentbudget_operator import decisions, handlers, routing
+from agentbudget_operator import decisions, handlers
 from agentbudget_operator.kube import GROUP, PLURAL, VERSION
 from agentbudget_server.money import MAX_AMOUNT_NANOS
 from google.protobuf.timestamp_pb2 import Timestamp

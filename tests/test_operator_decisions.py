@@ -10,8 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from agentbudget import routing
 from agentbudget.v1 import budget_authority_pb2 as pb
-from agentbudget_operator import decisions, routing
+from agentbudget_operator import decisions
 from agentbudget_operator.decisions import REPLICAS_ANNOTATION, ScalePlan, SpecError
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.money_pb2 import Money
@@ -150,14 +151,21 @@ class TestUpsertRequest:
             spec["paused"] = given
         assert decisions.upsert_request("a", "b", spec).spec.paused is want
 
-    def test_targetref_and_routing_do_not_reach_the_authority(self) -> None:
+    def test_the_routing_reaches_the_authority_and_the_target_does_not(self) -> None:
         spec = {
             "limit": "20",
             "targetRef": {"name": "agent"},
             "routing": {"tiers": {"cheap": "x"}, "taskClasses": {"lookup": "mid"}},
         }
-        plain = decisions.upsert_request("a", "b", {"limit": "20"})
-        assert decisions.upsert_request("a", "b", spec) == plain
+        request = decisions.upsert_request("a", "b", spec)
+        assert dict(request.spec.routing.tiers) == {"cheap": "x"}
+        assert dict(request.spec.routing.task_classes) == {"lookup": "mid"}
+        request.spec.ClearField("routing")
+        assert request == decisions.upsert_request("a", "b", {"limit": "20", "targetRef": {"name": "other"}})
+
+    def test_a_routing_with_an_unknown_tier_is_a_spec_error(self) -> None:
+        with pytest.raises(SpecError, match="routing"):
+            decisions.upsert_request("a", "b", {"limit": "1", "routing": {"taskClasses": {"lookup": "ultra"}}})
 
     def test_the_spec_is_not_modified(self) -> None:
         spec = {"limit": "20", "alertThresholds": [0.5]}

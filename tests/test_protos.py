@@ -36,6 +36,7 @@ def test_the_api_has_the_rpcs_of_the_contract():
             "Transfer",
             "ListLedgerEntries",
             "WatchEvents",
+            "Route",
         ]
     )
     for method in service.methods:  # one request / response pair per RPC

@@ -19,12 +19,12 @@ import kmock
 import kopf
 import pytest
 import yaml
+from agentbudget.routing import ANNOTATION as ROUTING
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_operator import handlers
 from agentbudget_operator.config import OperatorConfig
 from agentbudget_operator.decisions import REPLICAS_ANNOTATION
-from agentbudget_operator.routing import ANNOTATION as ROUTING
 from conftest import usd
 from kube import (
     AGENTBUDGETS,

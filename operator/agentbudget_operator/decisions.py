@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from agentbudget import routing
 from agentbudget.client import money, to_decimal
 from agentbudget.v1 import budget_authority_pb2 as pb
 from google.type.money_pb2 import Money
@@ -48,7 +49,12 @@ def upsert_request(namespace: str, name: str, spec: Mapping[str, Any]) -> pb.Ups
     paused = spec.get("paused", False)
     if not isinstance(paused, bool):
         raise SpecError(f"spec.paused must be true or false, got {paused!r}")
-    return pb.UpsertBudgetRequest(
+    overrides = spec.get("routing") or {}
+    try:
+        routing.resolve(overrides)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise SpecError(f"spec.routing: {exc}") from None
+    request = pb.UpsertBudgetRequest(
         name=budget_name(namespace, name),
         spec=pb.BudgetSpec(
             limit=limit_money,
@@ -58,6 +64,10 @@ def upsert_request(namespace: str, name: str, spec: Mapping[str, Any]) -> pb.Ups
             paused=paused,
         ),
     )
+    if overrides.get("tiers") or overrides.get("taskClasses"):
+        request.spec.routing.tiers.update(overrides.get("tiers") or {})
+        request.spec.routing.task_classes.update(overrides.get("taskClasses") or {})
+    return request
 
 
 def show_money(m: Money) -> str:

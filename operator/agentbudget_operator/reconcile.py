@@ -18,11 +18,11 @@ from typing import Any, cast
 
 import grpc
 import kopf
-from agentbudget import errors
+from agentbudget import errors, routing
 from agentbudget.client import BudgetClient, connect
 from agentbudget.v1 import budget_authority_pb2 as pb
 
-from . import decisions, routing
+from . import decisions
 from .config import OperatorConfig
 from .kube import Kube, api_client
 

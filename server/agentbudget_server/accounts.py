@@ -47,6 +47,7 @@ class Posting:
     details: Details = field(default_factory=Details)
     counterparty: str | None = None
     reason: str | None = None
+    catalog_version: str | None = None
 
 
 class Unit:
@@ -202,9 +203,12 @@ class Unit:
             d.task_id,
             d.task_type,
             json.dumps(d.labels, sort_keys=True),
-            None,
+            p.catalog_version,
             p.counterparty,
             p.reason,
+            d.reasoning_tokens,
+            d.sandbox_class,
+            d.provider,
         )
         return entry_id
 

@@ -17,7 +17,7 @@ from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import db, ledger
+from . import db, ledger, pricing
 from .events import EventHub
 from .servicer import BudgetAuthority
 from .settings import Settings
@@ -78,7 +78,7 @@ async def start(settings: Settings, dsn: str) -> Authority:
     pool = await db.create_pool(dsn, settings.pool_min, settings.pool_max)
     hub = EventHub(pool, dsn, settings.event_poll_seconds)
     await hub.start()
-    servicer = BudgetAuthority(pool, hub, settings)
+    servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config))
     server, port, health_servicer = create_server(settings.listen, servicer)
     await server.start()
     for name in ("", SERVICE_NAME):

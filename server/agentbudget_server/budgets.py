@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+from agentbudget import routing
 
 from . import commands as c
 from . import db, periods, rules
@@ -68,6 +69,7 @@ async def _create(u: Unit, cmd: c.Upsert) -> UpsertResult:
         start,
         end,
         now,
+        json.dumps(s.routing, sort_keys=True),
     )
     assert row is not None
     budget = BudgetRow.from_record(row)
@@ -102,6 +104,7 @@ async def _update(u: Unit, account: Account, spec: Spec) -> UpsertResult:
         spec.paused,
         _json(spec.labels),
         u.now,
+        json.dumps(spec.routing, sort_keys=True),
     )
     assert row is not None and u.now is not None
     account.budget = BudgetRow.from_record(row)
@@ -237,3 +240,21 @@ async def list_entries(pool: asyncpg.Pool, cmd: c.ListEntries) -> tuple[list[Ent
 
 def _json(labels: dict[str, str]) -> str:
     return json.dumps(labels, sort_keys=True)
+
+
+async def route(pool: asyncpg.Pool, name: str, task_class: str) -> tuple[str, str, dict[str, dict[str, str]]]:
+    """(tier, model, the budget's whole table) for a task class."""
+    view = await get(pool, name)
+    table = routing.resolve(view.budget.spec.routing)
+    tier, model = route_in(table, task_class)
+    return tier, model, table
+
+
+def route_in(table: dict[str, dict[str, str]], task_class: str) -> tuple[str, str]:
+    try:
+        return routing.route(table, task_class)
+    except KeyError:
+        known = ", ".join(sorted(table["taskClasses"]))
+        raise InvalidField(
+            "task_class", f"unknown task class {task_class!r} (known: {known})", reason="UNKNOWN_TASK_CLASS"
+        ) from None

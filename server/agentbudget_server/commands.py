@@ -12,19 +12,20 @@ from .model import Details, Spec
 class Reserve:
     budget: str
     reservation_id: str
-    amount: int
-    currency: str
+    amount: int | None  # None: priced from details by the catalog
+    currency: str | None
     ttl: timedelta
     details: Details
     fingerprint: bytes
+    task_class: str | None = None
 
 
 @dataclass(frozen=True)
 class Commit:
     budget: str
     reservation_id: str
-    actual: int
-    currency: str
+    actual: int | None
+    currency: str | None
     details: Details
     fingerprint: bytes
 
@@ -40,8 +41,8 @@ class Release:
 class RecordCost:
     budget: str
     request_id: str
-    amount: int
-    currency: str
+    amount: int | None
+    currency: str | None
     details: Details
     fingerprint: bytes
 

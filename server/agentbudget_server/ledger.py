@@ -9,13 +9,15 @@ later be applied together in one transaction.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
+from agentbudget import routing
 
 from . import commands as c
-from . import db, rules
+from . import db, pricing, rules
 from .accounts import Account, Posting, Unit, unit
+from .budgets import route_in
 from .errors import (
     BudgetExceeded,
     BudgetPaused,
@@ -35,6 +37,8 @@ from .sql import QUERIES as Q
 class HoldResult:
     reservation: ReservationView
     remaining: int
+    model: str = ""
+    tier: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,17 @@ class ChargeResult:
     remaining: int
 
 
-def _check_currency(account: Account, currency: str, field: str) -> None:
+def _check_currency(account: Account, currency: str | None, field: str) -> None:
+    """A given amount must be in the budget's currency; a priced one is in the catalog's."""
+    if currency is None:
+        if account.budget.spec.currency != pricing.CURRENCY:
+            raise InvalidField(
+                field,
+                f"the price catalog is in {pricing.CURRENCY}; budget {account.budget.name!r} is in "
+                f"{account.budget.spec.currency}: give the amount",
+                reason="CURRENCY_MISMATCH",
+            )
+        return
     if currency != account.budget.spec.currency:
         raise InvalidField(
             f"{field}.currency_code",
@@ -52,12 +66,26 @@ def _check_currency(account: Account, currency: str, field: str) -> None:
         )
 
 
-async def reserve(pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes]) -> bytes:
+async def reserve(
+    pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
+) -> bytes:
     with sums_of("amount"):
-        return await _reserve(pool, cmd, encode)
+        return await _reserve(pool, cmd, encode, catalog)
 
 
-async def _reserve(pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes]) -> bytes:
+def _priced_hold(account: Account, cmd: c.Reserve, catalog: pricing.Catalog) -> tuple[c.Reserve, str]:
+    """The hold with its model routed (a task class) and its amount priced (no amount given)."""
+    details, tier = cmd.details, ""
+    if cmd.task_class:
+        tier, model = route_in(routing.resolve(account.budget.spec.routing), cmd.task_class)
+        details = replace(details, model=model, kind=details.kind or "MODEL_INFERENCE")
+    amount = cmd.amount if cmd.amount is not None else catalog.cost(details)
+    return replace(cmd, amount=amount, details=details), tier
+
+
+async def _reserve(
+    pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
+) -> bytes:
     denial: BudgetExceeded | None = None
     async with unit(pool) as u:
         account = await u.lock(cmd.budget)
@@ -67,29 +95,45 @@ async def _reserve(pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldRes
                 return bytes(existing["reserve_response"])
             raise IdempotencyKeyReused("reservation_id", cmd.reservation_id)
         _check_currency(account, cmd.currency, "amount")
+        priced = cmd.amount is None
+        cmd, tier = _priced_hold(account, cmd, catalog)
+        assert cmd.amount is not None
         outcome = rules.decide_reserve(account.period.balance, account.budget.spec.paused, cmd.amount)
         if outcome is ReserveOutcome.EXCEEDED and await u.expire_due(account):
             outcome = rules.decide_reserve(account.period.balance, account.budget.spec.paused, cmd.amount)
         if outcome is ReserveOutcome.PAUSED:
             raise BudgetPaused(cmd.budget)
         if outcome is ReserveOutcome.EXCEEDED:
+            assert cmd.amount is not None
             remaining = account.period.balance.remaining
             u.emit(account, EventType.RESERVATION_DENIED, amount=cmd.amount, reservation_id=cmd.reservation_id)
             denial = BudgetExceeded(cmd.budget, cmd.amount, remaining, account.budget.spec.currency)
         else:
-            response = await _grant(u, account, cmd, encode)
+            version = catalog.version if priced else None
+            response = await _grant(u, account, cmd, encode, tier, version)
     if denial is not None:
         raise denial  # after the commit: the expiries and the denial event are kept
     return response
 
 
-async def _grant(u: Unit, account: Account, cmd: c.Reserve, encode: Callable[[HoldResult], bytes]) -> bytes:
-    assert u.now is not None
+async def _grant(
+    u: Unit,
+    account: Account,
+    cmd: c.Reserve,
+    encode: Callable[[HoldResult], bytes],
+    tier: str,
+    catalog_version: str | None,
+) -> bytes:
+    assert u.now is not None and cmd.amount is not None
     expires = u.now + cmd.ttl
-    await u.post(
-        account,
-        Posting("HOLD", held=cmd.amount, reservation_id=cmd.reservation_id, details=cmd.details),
+    posting = Posting(
+        "HOLD",
+        held=cmd.amount,
+        reservation_id=cmd.reservation_id,
+        details=cmd.details,
+        catalog_version=catalog_version,
     )
+    await u.post(account, posting)
     view = ReservationView(
         budget=cmd.budget,
         currency=account.budget.spec.currency,
@@ -105,7 +149,7 @@ async def _grant(u: Unit, account: Account, cmd: c.Reserve, encode: Callable[[Ho
         period_start=account.period.start,
         details=cmd.details,
     )
-    response = encode(HoldResult(view, account.period.balance.remaining))
+    response = encode(HoldResult(view, account.period.balance.remaining, cmd.details.model or "", tier))
     await u.conn.execute(
         Q["insert_reservation"],
         account.budget.id,
@@ -137,12 +181,16 @@ async def _ending(
     return row, None
 
 
-async def commit(pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes]) -> bytes:
+async def commit(
+    pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
+) -> bytes:
     with sums_of("actual"):
-        return await _commit(pool, cmd, encode)
+        return await _commit(pool, cmd, encode, catalog)
 
 
-async def _commit(pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes]) -> bytes:
+async def _commit(
+    pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
+) -> bytes:
     async with unit(pool) as u:
         account = await u.lock(cmd.budget)
         row, replay = await _ending(u, account, cmd.reservation_id, cmd.fingerprint, "COMMITTED")
@@ -152,12 +200,16 @@ async def _commit(pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResul
         assert u.now is not None
         hold = row["amount_nanos"]
         already_expired = row["state"] == "EXPIRED"
-        plan = rules.plan_commit(hold, cmd.actual, already_expired, row["expires_at"] <= u.now)
         period = None
         if row["period_start"] != account.period.start:
             period = await u.period_of(account.budget, row["period_start"])
         target = period or account.period
         details = ReservationView.from_record(row, cmd.budget, "").details.merged(cmd.details)
+        version = None
+        if cmd.actual is None:  # priced from the usage (the reserve's model carries over)
+            cmd, version = replace(cmd, actual=catalog.cost(details, "actual")), catalog.version
+        assert cmd.actual is not None
+        plan = rules.plan_commit(hold, cmd.actual, already_expired, row["expires_at"] <= u.now)
         overrun = plan.overrun or checked_sum(target.balance.spent, cmd.actual) > target.balance.limit
         if plan.expire_first:
             await u.post(account, Posting("EXPIRY", held=-hold, reservation_id=cmd.reservation_id), period)
@@ -171,6 +223,7 @@ async def _commit(pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResul
                 overrun=overrun,
                 late=plan.late,
                 details=details,
+                catalog_version=version,
             ),
             period,
         )
@@ -241,12 +294,16 @@ async def release(pool: asyncpg.Pool, cmd: c.Release, encode: Callable[[HoldResu
         return response
 
 
-async def record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes]) -> bytes:
+async def record_cost(
+    pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes], catalog: pricing.Catalog
+) -> bytes:
     with sums_of("amount"):
-        return await _record_cost(pool, cmd, encode)
+        return await _record_cost(pool, cmd, encode, catalog)
 
 
-async def _record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes]) -> bytes:
+async def _record_cost(
+    pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes], catalog: pricing.Catalog
+) -> bytes:
     async with unit(pool) as u:
         account = await u.lock(cmd.budget)
         scope = f"charge:{account.budget.id}"
@@ -256,9 +313,20 @@ async def _record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[
                 return bytes(key["response"])
             raise IdempotencyKeyReused("request_id", cmd.request_id)
         _check_currency(account, cmd.currency, "amount")
+        version = None
+        if cmd.amount is None:
+            cmd, version = replace(cmd, amount=catalog.cost(cmd.details)), catalog.version
+        assert cmd.amount is not None
         balance = account.period.balance
         overrun = checked_sum(balance.spent, cmd.amount) > balance.limit
-        posting = Posting("CHARGE", spent=cmd.amount, request_id=cmd.request_id, overrun=overrun, details=cmd.details)
+        posting = Posting(
+            "CHARGE",
+            spent=cmd.amount,
+            request_id=cmd.request_id,
+            overrun=overrun,
+            details=cmd.details,
+            catalog_version=version,
+        )
         entry_id = await u.post(account, posting)
         if overrun:
             u.emit(account, EventType.OVERRUN, amount=cmd.amount)
@@ -280,6 +348,7 @@ async def _record_cost(pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[
             details=cmd.details,
             counterparty=None,
             reason=None,
+            catalog_version=version,
         )
         response = encode(ChargeResult(entry, account.period.balance.remaining))
         await u.conn.execute(Q["insert_idempotency_key"], scope, cmd.request_id, cmd.fingerprint, response)

@@ -13,6 +13,10 @@ from .periods import PeriodKind
 from .rules import Balance, Phase
 
 
+def _json(raw: Any) -> Any:
+    return json.loads(raw) if isinstance(raw, str) else (raw or {})
+
+
 @dataclass(frozen=True)
 class Details:
     """What a cost was for; every field optional."""
@@ -29,6 +33,9 @@ class Details:
     task_id: str | None = None
     task_type: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    reasoning_tokens: int | None = None
+    sandbox_class: str | None = None
+    provider: str | None = None
 
     def merged(self, newer: Details) -> Details:
         """``newer``'s set fields win (a commit's actual usage over the reserve's estimate)."""
@@ -61,6 +68,9 @@ class Details:
             task_id=row["task_id"],
             task_type=row["task_type"],
             labels=json.loads(labels) if isinstance(labels, str) else dict(labels or {}),
+            reasoning_tokens=row["reasoning_tokens"],
+            sandbox_class=row["sandbox_class"],
+            provider=row["provider"],
         )
 
 
@@ -73,6 +83,8 @@ class Spec:
     thresholds: tuple[int, ...]  # parts per million, sorted
     paused: bool
     labels: dict[str, str]
+    # Overrides only, shaped as an AgentBudget's spec.routing: {"tiers": {...}, "taskClasses": {...}}
+    routing: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +112,7 @@ class BudgetRow:
                 thresholds=tuple(row["thresholds_ppm"]),
                 paused=row["paused"],
                 labels=json.loads(labels) if isinstance(labels, str) else dict(labels),
+                routing=_json(row["routing"]),
             ),
             period_start=row["period_start"],
             period_end=row["period_end"],
@@ -191,6 +204,7 @@ class Entry:
     details: Details
     counterparty: str | None
     reason: str | None
+    catalog_version: str | None = None
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Entry:
@@ -211,6 +225,7 @@ class Entry:
             details=Details.from_record(row),
             counterparty=row["counterparty"],
             reason=row["reason"],
+            catalog_version=row["catalog_version"],
         )
 
 

@@ -10,7 +10,7 @@ import asyncpg
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 
-from . import budgets, ledger, validate, wire
+from . import budgets, ledger, pricing, validate, wire
 from .errors import ShuttingDown
 from .events import EventHub
 from .settings import Settings
@@ -33,22 +33,25 @@ def unary(fn: Handler[T]) -> Handler[T]:
 
 
 class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
-    def __init__(self, pool: asyncpg.Pool, hub: EventHub, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, hub: EventHub, settings: Settings, catalog: pricing.Catalog) -> None:
         self.pool = pool
         self.hub = hub
         self.settings = settings
+        self.catalog = catalog
 
     @unary
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:
         s = self.settings
         cmd = validate.reserve(request, s.default_ttl, s.min_ttl, s.max_ttl)
-        data = await ledger.reserve(self.pool, cmd, functools.partial(wire.hold_response, pb.ReserveResponse))
+        encode = functools.partial(wire.hold_response, pb.ReserveResponse)
+        data = await ledger.reserve(self.pool, cmd, encode, self.catalog)
         return pb.ReserveResponse.FromString(data)
 
     @unary
     async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
         cmd = validate.commit(request)
-        data = await ledger.commit(self.pool, cmd, functools.partial(wire.hold_response, pb.CommitResponse))
+        encode = functools.partial(wire.hold_response, pb.CommitResponse)
+        data = await ledger.commit(self.pool, cmd, encode, self.catalog)
         return pb.CommitResponse.FromString(data)
 
     @unary
@@ -60,7 +63,7 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
     @unary
     async def RecordCost(self, request: pb.RecordCostRequest, context: Any) -> pb.RecordCostResponse:
         cmd = validate.record_cost(request)
-        data = await ledger.record_cost(self.pool, cmd, wire.charge_response)
+        data = await ledger.record_cost(self.pool, cmd, wire.charge_response, self.catalog)
         return pb.RecordCostResponse.FromString(data)
 
     @unary
@@ -96,6 +99,12 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
         entries, last = await budgets.list_entries(self.pool, validate.list_entries(request))
         token = validate.encode_token("entries", last) if last else ""
         return pb.ListLedgerEntriesResponse(entries=[wire.entry(e) for e in entries], next_page_token=token)
+
+    @unary
+    async def Route(self, request: pb.RouteRequest, context: Any) -> pb.RouteResponse:
+        name, task_class = validate.route(request)
+        tier, model, table = await budgets.route(self.pool, name, task_class)
+        return pb.RouteResponse(tier=tier, model=model, routing=wire.routing_table(table))
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.WatchEventsResponse]:
         try:

@@ -30,6 +30,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"  # or "json"
     ready_file: str = ""  # written with the bound port once serving (for supervisors and tests)
+    # YAML or JSON: model price overrides, sandbox classes, external APIs (a mounted ConfigMap).
+    price_config: str = ""
 
     @property
     def default_ttl(self) -> timedelta:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agentbudget import routing
 from agentbudget.v1 import budget_authority_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -28,6 +29,7 @@ _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MACHINE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_TOKENS = 10**12
 MAX_SANDBOX = timedelta(days=366)
 MAX_TEXT = 256
@@ -133,6 +135,9 @@ def details(value: pb.CostDetails, field: str) -> Details:
         sandbox = d.seconds * 1_000_000_000 + d.nanos
     return Details(
         kind=kind,
+        reasoning_tokens=_count(value.reasoning_tokens, f"{field}.reasoning_tokens"),
+        sandbox_class=_name(value.sandbox_class, f"{field}.sandbox_class"),
+        provider=_name(value.provider, f"{field}.provider"),
         model=text(value.model, f"{field}.model", 200),
         input_tokens=_count(value.input_tokens, f"{field}.input_tokens"),
         output_tokens=_count(value.output_tokens, f"{field}.output_tokens"),
@@ -147,26 +152,42 @@ def details(value: pb.CostDetails, field: str) -> Details:
     )
 
 
+def _name(value: str, field: str) -> str | None:
+    """A short machine name: a sandbox class, a provider, a task class."""
+    if value and not _MACHINE_NAME.match(value):
+        raise InvalidField(field, "must be 1..64 of [a-z0-9._-], starting alphanumeric")
+    return value or None
+
+
+def _optional_money(value: Message, present: bool, field: str, *, allow_zero: bool) -> tuple[int | None, str | None]:
+    """An amount, or (None, None) when unset: the catalog prices the details instead."""
+    if not present:
+        return None, None
+    amount, currency = money(value, field, allow_zero=allow_zero)  # type: ignore[arg-type]
+    return amount, currency
+
+
 def reserve(req: pb.ReserveRequest, default_ttl: timedelta, min_ttl: timedelta, max_ttl: timedelta) -> c.Reserve:
     name = budget_name(req.budget, "budget")
     rid = client_id(req.reservation_id, "reservation_id")
-    if not req.HasField("amount"):
-        raise InvalidField("amount", "required")
-    amount, currency = money(req.amount, "amount", allow_zero=False)
+    amount, currency = _optional_money(req.amount, req.HasField("amount"), "amount", allow_zero=False)
+    task_class = _name(req.task_class, "task_class")
+    if task_class and req.details.model:
+        raise InvalidField("details.model", "must be empty with a task_class: the budget's routing picks the model")
     ttl = default_ttl
     if req.HasField("ttl"):
         ttl = _duration(req.ttl, "ttl")
         if not min_ttl <= ttl <= max_ttl:
             raise InvalidField("ttl", f"must be between {min_ttl.total_seconds():g}s and {max_ttl.total_seconds():g}s")
-    return c.Reserve(name, rid, amount, currency, ttl, details(req.details, "details"), fingerprint("Reserve", req))
+    return c.Reserve(
+        name, rid, amount, currency, ttl, details(req.details, "details"), fingerprint("Reserve", req), task_class
+    )
 
 
 def commit(req: pb.CommitRequest) -> c.Commit:
     name = budget_name(req.budget, "budget")
     rid = client_id(req.reservation_id, "reservation_id")
-    if not req.HasField("actual"):
-        raise InvalidField("actual", "required (zero when nothing was spent)")
-    actual, currency = money(req.actual, "actual", allow_zero=True)
+    actual, currency = _optional_money(req.actual, req.HasField("actual"), "actual", allow_zero=True)
     return c.Commit(name, rid, actual, currency, details(req.details, "details"), fingerprint("Commit", req))
 
 
@@ -179,9 +200,7 @@ def release(req: pb.ReleaseRequest) -> c.Release:
 def record_cost(req: pb.RecordCostRequest) -> c.RecordCost:
     name = budget_name(req.budget, "budget")
     rid = client_id(req.request_id, "request_id")
-    if not req.HasField("amount"):
-        raise InvalidField("amount", "required")
-    amount, currency = money(req.amount, "amount", allow_zero=True)
+    amount, currency = _optional_money(req.amount, req.HasField("amount"), "amount", allow_zero=True)
     return c.RecordCost(name, rid, amount, currency, details(req.details, "details"), fingerprint("RecordCost", req))
 
 
@@ -202,6 +221,19 @@ def spec(value: pb.BudgetSpec, field: str = "spec") -> Spec:
         thresholds = rules.thresholds_from_fractions(list(value.alert_thresholds))
     except ValueError as exc:
         raise InvalidField(f"{field}.alert_thresholds", str(exc)) from None
+    overrides: dict[str, dict[str, str]] = {}
+    if value.routing.tiers:
+        overrides["tiers"] = dict(value.routing.tiers)
+    if value.routing.task_classes:
+        for task_class in value.routing.task_classes:
+            _name(task_class, f"{field}.routing.task_classes")
+        overrides["taskClasses"] = dict(value.routing.task_classes)
+    for model in overrides.get("tiers", {}).values():
+        text(model, f"{field}.routing.tiers", 200)
+    try:
+        routing.resolve(overrides)
+    except ValueError as exc:
+        raise InvalidField(f"{field}.routing", str(exc)) from None
     return Spec(
         limit=limit,
         currency=currency,
@@ -210,6 +242,7 @@ def spec(value: pb.BudgetSpec, field: str = "spec") -> Spec:
         thresholds=thresholds,
         paused=value.paused,
         labels=labels(value.labels, f"{field}.labels"),
+        routing=overrides,
     )
 
 
@@ -292,3 +325,11 @@ def watch(req: pb.WatchEventsRequest) -> c.WatchFilter:
             raise InvalidField(f"types[{i}]", f"unknown event type {t}")
         types.append(pb.EventType.Name(t).removeprefix("EVENT_"))
     return c.WatchFilter(req.after_id, names, tuple(types))
+
+
+def route(req: pb.RouteRequest) -> tuple[str, str]:
+    name = budget_name(req.budget, "budget")
+    task_class = _name(req.task_class, "task_class")
+    if not task_class:
+        raise InvalidField("task_class", "required")
+    return name, task_class

@@ -42,6 +42,9 @@ def details(d: Details) -> pb.CostDetails:
         task_id=d.task_id or "",
         task_type=d.task_type or "",
         labels=d.labels,
+        reasoning_tokens=d.reasoning_tokens or 0,
+        sandbox_class=d.sandbox_class or "",
+        provider=d.provider or "",
     )
     if d.sandbox_nanos is not None:
         out.sandbox_time.seconds, out.sandbox_time.nanos = divmod(d.sandbox_nanos, 1_000_000_000)
@@ -60,6 +63,7 @@ def budget(view: BudgetView) -> pb.Budget:
             alert_thresholds=[t / PPM for t in s.thresholds],
             paused=s.paused,
             labels=s.labels,
+            routing=pb.Routing(tiers=s.routing.get("tiers", {}), task_classes=s.routing.get("taskClasses", {})),
         ),
         phase=pb.Phase.Value(p.phase.value),
         effective_limit=money(p.balance.limit, cur),
@@ -121,6 +125,7 @@ def entry(e: Entry) -> pb.LedgerEntry:
         details=details(e.details),
         counterparty=e.counterparty or "",
         reason=e.reason or "",
+        catalog_version=e.catalog_version or "",
     )
 
 
@@ -139,6 +144,10 @@ def transfer_response(source: BudgetView, target: BudgetView) -> bytes:
 
 def upsert_response(result: UpsertResult) -> pb.UpsertBudgetResponse:
     return pb.UpsertBudgetResponse(budget=budget(result.view), created=result.created, changed=result.changed)
+
+
+def routing_table(table: dict[str, dict[str, str]]) -> pb.Routing:
+    return pb.Routing(tiers=table["tiers"], task_classes=table["taskClasses"])
 
 
 def event(e: Event) -> pb.Event:

@@ -70,6 +70,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the server is shutting down; WatchEvents streams end with it
     (resume elsewhere with after_id = the last id seen).
     """
+    UNKNOWN_MODEL: _ErrorReason.ValueType  # 14
+    """INVALID_ARGUMENT: no price is known for the model (never charged as zero)."""
+    UNKNOWN_SANDBOX_CLASS: _ErrorReason.ValueType  # 15
+    """INVALID_ARGUMENT: the sandbox class is not in the price configuration."""
+    UNKNOWN_API: _ErrorReason.ValueType  # 16
+    """INVALID_ARGUMENT: the external API is not in the price configuration."""
+    UNKNOWN_TASK_CLASS: _ErrorReason.ValueType  # 17
+    """INVALID_ARGUMENT: the task class is not in the budget's routing."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable values of google.rpc.ErrorInfo.reason (the enum is documentation:
@@ -108,6 +116,14 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 13
 """UNAVAILABLE: the server is shutting down; WatchEvents streams end with it
 (resume elsewhere with after_id = the last id seen).
 """
+UNKNOWN_MODEL: ErrorReason.ValueType  # 14
+"""INVALID_ARGUMENT: no price is known for the model (never charged as zero)."""
+UNKNOWN_SANDBOX_CLASS: ErrorReason.ValueType  # 15
+"""INVALID_ARGUMENT: the sandbox class is not in the price configuration."""
+UNKNOWN_API: ErrorReason.ValueType  # 16
+"""INVALID_ARGUMENT: the external API is not in the price configuration."""
+UNKNOWN_TASK_CLASS: ErrorReason.ValueType  # 17
+"""INVALID_ARGUMENT: the task class is not in the budget's routing."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Period:
@@ -316,6 +332,7 @@ class BudgetSpec(_message.Message):
     ALERT_THRESHOLDS_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
     period: Global___Period.ValueType
     time_zone: _builtins.str
     """IANA time zone for period bounds; empty means UTC."""
@@ -332,6 +349,10 @@ class BudgetSpec(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def routing(self) -> Global___Routing:
+        """Overrides of the default routing (unset entries keep the defaults)."""
+
     def __init__(
         self,
         *,
@@ -341,14 +362,81 @@ class BudgetSpec(_message.Message):
         alert_thresholds: _abc.Iterable[_builtins.float] | None = ...,
         paused: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        routing: Global___Routing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_thresholds", b"alert_thresholds", "labels", b"labels", "limit", b"limit", "paused", b"paused", "period", b"period", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_thresholds", b"alert_thresholds", "labels", b"labels", "limit", b"limit", "paused", b"paused", "period", b"period", "routing", b"routing", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BudgetSpec: _TypeAlias = BudgetSpec  # noqa: Y015
+
+@_typing.final
+class Routing(_message.Message):
+    """Task classes map to tiers ("cheap", "mid", "premium"), tiers map to models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TiersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TaskClassesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TIERS_FIELD_NUMBER: _builtins.int
+    TASK_CLASSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tiers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def task_classes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        tiers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        task_classes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_classes", b"task_classes", "tiers", b"tiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Routing: _TypeAlias = Routing  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):
@@ -459,6 +547,9 @@ class CostDetails(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     TASK_TYPE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    SANDBOX_CLASS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     kind: Global___CostKind.ValueType
     model: _builtins.str
     input_tokens: _builtins.int
@@ -469,6 +560,12 @@ class CostDetails(_message.Message):
     api_calls: _builtins.int
     task_id: _builtins.str
     task_type: _builtins.str
+    reasoning_tokens: _builtins.int
+    """Reasoning tokens, as reported (providers count them within output_tokens)."""
+    sandbox_class: _builtins.str
+    """The sandbox class whose per-second price applies."""
+    provider: _builtins.str
+    """The model's provider, when the model name alone is ambiguous (e.g. "anthropic")."""
     @_builtins.property
     def sandbox_time(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -488,10 +585,13 @@ class CostDetails(_message.Message):
         task_id: _builtins.str = ...,
         task_type: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reasoning_tokens: _builtins.int = ...,
+        sandbox_class: _builtins.str = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox_time", b"sandbox_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_calls", b"api_calls", "api_name", b"api_name", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "input_tokens", b"input_tokens", "kind", b"kind", "labels", b"labels", "model", b"model", "output_tokens", b"output_tokens", "sandbox_time", b"sandbox_time", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_calls", b"api_calls", "api_name", b"api_name", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "input_tokens", b"input_tokens", "kind", b"kind", "labels", b"labels", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "sandbox_class", b"sandbox_class", "sandbox_time", b"sandbox_time", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -571,9 +671,12 @@ class ReserveRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    TASK_CLASS_FIELD_NUMBER: _builtins.int
     budget: _builtins.str
     reservation_id: _builtins.str
     """Client-chosen, unique per budget: [A-Za-z0-9._:-], 1..128 characters."""
+    task_class: _builtins.str
+    """Reserve by task class: the budget's routing picks the model (details.model must be empty)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -581,7 +684,11 @@ class ReserveRequest(_message.Message):
         """Time to live of the hold; unset means the server default (10 minutes)."""
 
     @_builtins.property
-    def details(self) -> Global___CostDetails: ...
+    def details(self) -> Global___CostDetails:
+        """Unset amount: the authority prices the worst case from details — model + input tokens
+        + output_tokens as the maximum output (+ cache tokens); sandbox class + time; API + calls.
+        """
+
     def __init__(
         self,
         *,
@@ -590,10 +697,11 @@ class ReserveRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
         details: Global___CostDetails | None = ...,
+        task_class: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "details", b"details", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "budget", b"budget", "details", b"details", "reservation_id", b"reservation_id", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "budget", b"budget", "details", b"details", "reservation_id", b"reservation_id", "task_class", b"task_class", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,6 +713,11 @@ class ReserveResponse(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     REMAINING_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model the hold was priced for (the routed one, for a task class)."""
+    tier: _builtins.str
     @_builtins.property
     def reservation(self) -> Global___Reservation: ...
     @_builtins.property
@@ -616,10 +729,12 @@ class ReserveResponse(_message.Message):
         *,
         reservation: Global___Reservation | None = ...,
         remaining: _money_pb2.Money | None = ...,
+        model: _builtins.str = ...,
+        tier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["remaining", b"remaining", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["remaining", b"remaining", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "remaining", b"remaining", "reservation", b"reservation", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -637,7 +752,9 @@ class CommitRequest(_message.Message):
     reservation_id: _builtins.str
     @_builtins.property
     def actual(self) -> _money_pb2.Money:
-        """The actual cost; may be zero, may exceed the hold (an overrun)."""
+        """The actual cost; may be zero, may exceed the hold (an overrun). Unset: the authority
+        prices the usage in details (merged over the reserve's: the model, say, carries over).
+        """
 
     @_builtins.property
     def details(self) -> Global___CostDetails:
@@ -741,7 +858,9 @@ class RecordCostRequest(_message.Message):
     request_id: _builtins.str
     """Client-chosen, unique per budget."""
     @_builtins.property
-    def amount(self) -> _money_pb2.Money: ...
+    def amount(self) -> _money_pb2.Money:
+        """Unset: the authority prices the usage in details."""
+
     @_builtins.property
     def details(self) -> Global___CostDetails: ...
     def __init__(
@@ -1041,6 +1160,7 @@ class LedgerEntry(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     COUNTERPARTY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CATALOG_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     budget: _builtins.str
     type: Global___EntryType.ValueType
@@ -1051,6 +1171,8 @@ class LedgerEntry(_message.Message):
     counterparty: _builtins.str
     """The other budget of a transfer."""
     reason: _builtins.str
+    catalog_version: _builtins.str
+    """The price catalog that priced this entry, when the authority priced it."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1081,10 +1203,11 @@ class LedgerEntry(_message.Message):
         details: Global___CostDetails | None = ...,
         counterparty: _builtins.str = ...,
         reason: _builtins.str = ...,
+        catalog_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "held_delta", b"held_delta", "limit_delta", b"limit_delta", "period_start", b"period_start", "spent_delta", b"spent_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "counterparty", b"counterparty", "create_time", b"create_time", "details", b"details", "held_delta", b"held_delta", "id", b"id", "late", b"late", "limit_delta", b"limit_delta", "overrun", b"overrun", "period_start", b"period_start", "reason", b"reason", "request_id", b"request_id", "reservation_id", b"reservation_id", "spent_delta", b"spent_delta", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "catalog_version", b"catalog_version", "counterparty", b"counterparty", "create_time", b"create_time", "details", b"details", "held_delta", b"held_delta", "id", b"id", "late", b"late", "limit_delta", b"limit_delta", "overrun", b"overrun", "period_start", b"period_start", "reason", b"reason", "request_id", b"request_id", "reservation_id", b"reservation_id", "spent_delta", b"spent_delta", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1268,3 +1391,53 @@ class WatchEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class RouteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    TASK_CLASS_FIELD_NUMBER: _builtins.int
+    budget: _builtins.str
+    task_class: _builtins.str
+    def __init__(
+        self,
+        *,
+        budget: _builtins.str = ...,
+        task_class: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "task_class", b"task_class"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
+
+@_typing.final
+class RouteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    tier: _builtins.str
+    model: _builtins.str
+    @_builtins.property
+    def routing(self) -> Global___Routing:
+        """The budget's whole resolved table (defaults with its overrides)."""
+
+    def __init__(
+        self,
+        *,
+        tier: _builtins.str = ...,
+        model: _builtins.str = ...,
+        routing: Global___Routing | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["routing", b"routing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "routing", b"routing", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015

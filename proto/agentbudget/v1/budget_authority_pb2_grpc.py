@@ -89,6 +89,11 @@ class BudgetAuthorityStub:
                 request_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.Route = channel.unary_unary(
+                '/agentbudget.v1.BudgetAuthority/Route',
+                request_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteRequest.SerializeToString,
+                response_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetAuthorityServicer:
@@ -169,6 +174,13 @@ class BudgetAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Route(self, request, context):
+        """The tier and model a task class routes to for a budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +238,11 @@ def add_BudgetAuthorityServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.WatchEventsRequest.FromString,
                     response_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'Route': grpc.unary_unary_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteRequest.FromString,
+                    response_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +542,33 @@ class BudgetAuthority:
             '/agentbudget.v1.BudgetAuthority/WatchEvents',
             agentbudget_dot_v1_dot_budget__authority__pb2.WatchEventsRequest.SerializeToString,
             agentbudget_dot_v1_dot_budget__authority__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentbudget.v1.BudgetAuthority/Route',
+            agentbudget_dot_v1_dot_budget__authority__pb2.RouteRequest.SerializeToString,
+            agentbudget_dot_v1_dot_budget__authority__pb2.RouteResponse.FromString,
             options,
             channel_credentials,
             insecure,

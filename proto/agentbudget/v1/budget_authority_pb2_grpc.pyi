@@ -62,6 +62,8 @@ class BudgetAuthorityStub:
     """The audit trail of one budget, oldest first."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_budget_authority_pb2.WatchEventsRequest, _budget_authority_pb2.WatchEventsResponse]
     """Events after a given id, then live ones as they commit."""
+    Route: _grpc.UnaryUnaryMultiCallable[_budget_authority_pb2.RouteRequest, _budget_authority_pb2.RouteResponse]
+    """The tier and model a task class routes to for a budget."""
 
 @_typing.type_check_only
 class BudgetAuthorityAsyncStub(BudgetAuthorityStub):
@@ -87,6 +89,8 @@ class BudgetAuthorityAsyncStub(BudgetAuthorityStub):
     """The audit trail of one budget, oldest first."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_budget_authority_pb2.WatchEventsRequest, _budget_authority_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Events after a given id, then live ones as they commit."""
+    Route: _aio.UnaryUnaryMultiCallable[_budget_authority_pb2.RouteRequest, _budget_authority_pb2.RouteResponse]  # type: ignore[assignment]
+    """The tier and model a task class routes to for a budget."""
 
 class BudgetAuthorityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -175,5 +179,13 @@ class BudgetAuthorityServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_budget_authority_pb2.WatchEventsResponse], _abc.AsyncIterator[_budget_authority_pb2.WatchEventsResponse]]:
         """Events after a given id, then live ones as they commit."""
+
+    @_abc_1.abstractmethod
+    def Route(
+        self,
+        request: _budget_authority_pb2.RouteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_authority_pb2.RouteResponse, _abc.Awaitable[_budget_authority_pb2.RouteResponse]]:
+        """The tier and model a task class routes to for a budget."""
 
 def add_BudgetAuthorityServicer_to_server(servicer: BudgetAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -40,14 +40,14 @@ SELECT * FROM budget_periods WHERE budget_id = $1 AND period_start = $2;
 
 -- name: insert_budget
 INSERT INTO budgets (name, currency, limit_nanos, period, time_zone, thresholds_ppm, paused, labels,
-                     period_start, period_end, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $11)
+                     period_start, period_end, created_at, updated_at, routing)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $11, $12::jsonb)
 RETURNING *;
 
 -- name: update_budget_spec
 UPDATE budgets
 SET limit_nanos = $2, period = $3, time_zone = $4, thresholds_ppm = $5, paused = $6, labels = $7::jsonb,
-    deleted_at = NULL, updated_at = $8
+    deleted_at = NULL, updated_at = $8, routing = $9::jsonb
 WHERE id = $1
 RETURNING *;
 
@@ -93,9 +93,10 @@ INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spe
                             limit_delta, reservation_id, request_id, overrun, late, kind, model,
                             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
                             sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
-                            catalog_version, counterparty, reason)
+                            catalog_version, counterparty, reason, reasoning_tokens, sandbox_class,
+                            provider)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-        $22, $23::jsonb, $24, $25, $26)
+        $22, $23::jsonb, $24, $25, $26, $27, $28, $29)
 RETURNING id;
 
 -- name: get_idempotency_key

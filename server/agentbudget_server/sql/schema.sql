@@ -20,6 +20,7 @@ CREATE TABLE budgets (
     thresholds_ppm  integer[]   NOT NULL,
     paused          boolean     NOT NULL DEFAULT false,
     labels          jsonb       NOT NULL DEFAULT '{}',
+    routing         jsonb       NOT NULL DEFAULT '{}',      -- overrides of the default routing
     -- the period the budget is in now; the next operation after period_end opens a new one
     period_start    timestamptz NOT NULL,
     period_end      timestamptz NOT NULL,
@@ -48,7 +49,7 @@ CREATE TABLE reservations (
     budget_id           bigint      NOT NULL REFERENCES budgets (id),
     reservation_id      text        NOT NULL,
     period_start        timestamptz NOT NULL,
-    amount_nanos        bigint      NOT NULL CHECK (amount_nanos > 0),
+    amount_nanos        bigint      NOT NULL CHECK (amount_nanos >= 0),
     state               text        NOT NULL CHECK (state IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED')),
     created_at          timestamptz NOT NULL,
     expires_at          timestamptz NOT NULL,
@@ -98,6 +99,9 @@ CREATE TABLE ledger_entries (
     catalog_version     text,
     counterparty        text,
     reason              text,
+    reasoning_tokens    bigint,
+    sandbox_class       text,
+    provider            text,
     FOREIGN KEY (budget_id, period_start) REFERENCES budget_periods (budget_id, period_start)
 );
 

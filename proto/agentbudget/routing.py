@@ -27,17 +27,28 @@ ANNOTATION = "agentbudget.io/routing"
 
 
 def resolve(routing: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
-    """The full table: the defaults with the budget's overrides applied."""
+    """The full table from an AgentBudget's ``spec.routing``: the defaults with its overrides."""
     routing = routing or {}
-    for tier in routing.get("tiers") or {}:
+    return resolve_parts(routing.get("tiers"), routing.get("taskClasses"))
+
+
+def resolve_parts(tiers: Mapping[str, str] | None, task_classes: Mapping[str, str] | None) -> dict[str, dict[str, str]]:
+    """The full table: the defaults with these overrides; unknown tier names are refused."""
+    for tier in tiers or {}:
         if tier not in TIERS:
             raise ValueError(f"routing.tiers: unknown tier {tier!r} (known: {', '.join(TIERS)})")
-    tiers = {**DEFAULT_MODELS, **dict(routing.get("tiers") or {})}
-    classes = {**DEFAULT_TASK_CLASSES, **dict(routing.get("taskClasses") or {})}
+    merged_tiers = {**DEFAULT_MODELS, **dict(tiers or {})}
+    classes = {**DEFAULT_TASK_CLASSES, **dict(task_classes or {})}
     for task_class, tier in classes.items():
         if tier not in TIERS:
             raise ValueError(f"routing.taskClasses.{task_class}: unknown tier {tier!r}")
-    return {"tiers": dict(sorted(tiers.items())), "taskClasses": dict(sorted(classes.items()))}
+    return {"tiers": dict(sorted(merged_tiers.items())), "taskClasses": dict(sorted(classes.items()))}
+
+
+def route(table: Mapping[str, Mapping[str, str]], task_class: str) -> tuple[str, str]:
+    """(tier, model) of a task class; KeyError when the table does not know it."""
+    tier = table["taskClasses"][task_class]
+    return tier, table["tiers"][tier]
 
 
 def pod_annotations(routing: Mapping[str, Any] | None) -> dict[str, str]:

@@ -1,0 +1,158 @@
+"""The price catalog: model prices from genai-prices, overridden or extended by a configuration
+file, plus sandbox classes (per second) and external APIs (per call).
+
+Every cost is exact (Decimal) and rounded up to the nano. A model, sandbox class or API with no
+price is an error — never a charge of zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+from genai_prices import Usage, calc_price
+
+from .errors import InvalidField
+from .model import Details
+from .money import NANOS_PER_UNIT, ceil_nanos
+
+MILLION = Decimal(1_000_000)
+CURRENCY = "USD"  # genai-prices and the configuration price in US dollars
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Per million tokens, in USD."""
+
+    input_mtok: Decimal
+    output_mtok: Decimal
+    cache_read_mtok: Decimal | None = None
+    cache_write_mtok: Decimal | None = None
+
+    def cost(self, d: Details) -> Decimal:
+        cache_read, cache_write = d.cache_read_tokens or 0, d.cache_write_tokens or 0
+        plain = max(0, (d.input_tokens or 0) - cache_read - cache_write)  # input counts cache tokens too
+        total = plain * self.input_mtok + (d.output_tokens or 0) * self.output_mtok
+        total += cache_read * (self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok)
+        total += cache_write * (self.cache_write_mtok if self.cache_write_mtok is not None else self.input_mtok)
+        return total / MILLION
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelPrice] = field(default_factory=dict)
+    sandboxes: dict[str, Decimal] = field(default_factory=dict)  # per second
+    apis: dict[str, Decimal] = field(default_factory=dict)  # per call
+    source: str = ""  # digest of the configuration, part of the version
+
+    @property
+    def version(self) -> str:
+        base = f"genai-prices {importlib.metadata.version('genai-prices')}"
+        return f"{base}+config:{self.source}" if self.source else base
+
+    def model_cost(self, d: Details) -> int:
+        model = d.model or ""
+        if not model:
+            raise InvalidField("details.model", "required to price model inference", reason="UNKNOWN_MODEL")
+        if model in self.models:
+            return ceil_nanos(self.models[model].cost(d))
+        usage = Usage(
+            input_tokens=d.input_tokens or 0,
+            output_tokens=d.output_tokens or 0,
+            cache_read_tokens=d.cache_read_tokens or None,
+            cache_write_tokens=d.cache_write_tokens or None,
+        )
+        try:
+            price = calc_price(usage, model_ref=model, provider_id=d.provider or None)
+        except LookupError:
+            raise InvalidField(
+                "details.model", f"no price is known for model {model!r}", reason="UNKNOWN_MODEL"
+            ) from None
+        return ceil_nanos(price.total_price)
+
+    def sandbox_cost(self, d: Details) -> int:
+        name = d.sandbox_class or ""
+        if name not in self.sandboxes:
+            raise InvalidField(
+                "details.sandbox_class", f"no price for sandbox class {name!r}", reason="UNKNOWN_SANDBOX_CLASS"
+            )
+        seconds = Decimal(d.sandbox_nanos or 0) / NANOS_PER_UNIT
+        return ceil_nanos(self.sandboxes[name] * seconds)
+
+    def api_cost(self, d: Details) -> int:
+        name = d.api_name or ""
+        if name not in self.apis:
+            raise InvalidField("details.api_name", f"no price for external API {name!r}", reason="UNKNOWN_API")
+        return ceil_nanos(self.apis[name] * (d.api_calls if d.api_calls is not None else 1))
+
+    def cost(self, d: Details, field: str = "amount") -> int:
+        """The cost of what ``d`` describes, by its kind (or the fields it sets); ``field`` names the
+        amount the caller left out, for the error when there is nothing to price."""
+        kind = d.kind or _kind_of(d)
+        if kind == "MODEL_INFERENCE":
+            return self.model_cost(d)
+        if kind == "SANDBOX":
+            return self.sandbox_cost(d)
+        if kind == "EXTERNAL_API":
+            return self.api_cost(d)
+        raise InvalidField(field, "required, unless details say what to price (a model, sandbox class or API)")
+
+
+def _kind_of(d: Details) -> str | None:
+    if d.model:
+        return "MODEL_INFERENCE"
+    if d.sandbox_class:
+        return "SANDBOX"
+    if d.api_name:
+        return "EXTERNAL_API"
+    return None
+
+
+def _decimal(value: Any, where: str) -> Decimal:
+    try:
+        out = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{where}: not a decimal price: {value!r}") from None
+    if not out.is_finite() or out < 0:
+        raise ValueError(f"{where}: a price must be a non-negative number, got {value!r}")
+    return out
+
+
+def parse(config: dict[str, Any], source: str = "") -> Catalog:
+    """A catalog from the configuration's mapping (see the README for the format)."""
+    unknown = set(config) - {"models", "sandboxes", "apis"}
+    if unknown:
+        raise ValueError(f"unknown price configuration keys: {sorted(unknown)}")
+    models = {}
+    for name, p in (config.get("models") or {}).items():
+        where = f"models.{name}"
+        models[str(name)] = ModelPrice(
+            input_mtok=_decimal(p["input_mtok"], f"{where}.input_mtok"),
+            output_mtok=_decimal(p["output_mtok"], f"{where}.output_mtok"),
+            cache_read_mtok=_decimal(p["cache_read_mtok"], where) if "cache_read_mtok" in p else None,
+            cache_write_mtok=_decimal(p["cache_write_mtok"], where) if "cache_write_mtok" in p else None,
+        )
+    sandboxes = {
+        str(k): _decimal(v.get("per_second") if isinstance(v, dict) else v, f"sandboxes.{k}")
+        for k, v in (config.get("sandboxes") or {}).items()
+    }
+    apis = {
+        str(k): _decimal(v.get("per_call") if isinstance(v, dict) else v, f"apis.{k}")
+        for k, v in (config.get("apis") or {}).items()
+    }
+    return Catalog(models, sandboxes, apis, source)
+
+
+def load(path: str) -> Catalog:
+    """The catalog of a YAML or JSON file (a mounted ConfigMap); empty path: genai-prices alone."""
+    if not path:
+        return Catalog()
+    text = Path(path).read_text("utf-8")
+    data = yaml.safe_load(text) if not path.endswith(".json") else json.loads(text)
+    return parse(data or {}, hashlib.sha256(text.encode()).hexdigest()[:12])
