@@ -43,6 +43,8 @@ DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOST = "127.0.0.1"
 LIMIT = "1000000000"  # the largest allowed: never denies at these rates
 HOLD = money("0.01")
+# The same hold, described instead of priced: 2,000 input + 500 output tokens on a cheap model.
+ESTIMATE = pb.CostDetails(kind=pb.MODEL_INFERENCE, model="claude-haiku-4-5", input_tokens=2000, output_tokens=500)
 ACTUAL = money("0.009")
 ACTUAL_NANOS = 9_000_000
 RPC_TIMEOUT = 10.0
@@ -58,6 +60,7 @@ class Job:
     warmup: float
     seconds: float
     tag: str
+    priced: bool = False  # Reserve by estimate (the authority prices it) instead of by amount
 
 
 @dataclass
@@ -97,7 +100,11 @@ async def _client(
         rid = f"{name}-{seq}"
         seq += 1
         try:
-            await stub.Reserve(pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD), timeout=RPC_TIMEOUT)
+            if job.priced:
+                reserve = pb.ReserveRequest(budget=budget, reservation_id=rid, details=ESTIMATE)
+            else:
+                reserve = pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD)
+            await stub.Reserve(reserve, timeout=RPC_TIMEOUT)
             await stub.Commit(pb.CommitRequest(budget=budget, reservation_id=rid, actual=ACTUAL), timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             out.errors += 1
@@ -143,6 +150,7 @@ def run_load(
     seconds: float,
     tag: str,
     server_cpu: Callable[[], float],
+    priced: bool = False,
 ) -> tuple[WorkerResult, float]:
     """The merged results of the workers, and the server's CPU use (1.0 = one core) while measured."""
     ctx = mp.get_context("spawn")
@@ -155,7 +163,7 @@ def run_load(
             target=worker_main,
             daemon=True,
             args=(
-                Job(target, budgets, share + (i < extra), warmup, seconds, f"{tag}-w{i}"),
+                Job(target, budgets, share + (i < extra), warmup, seconds, f"{tag}-w{i}", priced),
                 barrier,
                 results,
             ),
@@ -327,16 +335,22 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run_cell(
-    args: argparse.Namespace, server: Server, dsn: str, scenario: str, budgets: list[str], clients: int
+    args: argparse.Namespace,
+    server: Server,
+    dsn: str,
+    scenario: str,
+    budgets: list[str],
+    clients: int,
+    priced: bool = False,
 ) -> Cell:
     spent_before, _ = asyncio.run(totals(dsn))
     tag = f"{scenario}-{clients}-{uuid.uuid4().hex[:6]}"
     load, cpu = run_load(
-        server.target, budgets, clients, args.workers, args.warmup, args.seconds, tag, server.cpu_seconds
+        server.target, budgets, clients, args.workers, args.warmup, args.seconds, tag, server.cpu_seconds, priced
     )
     lat = sorted(load.latencies)
     return Cell(
-        scenario=scenario,
+        scenario=f"{scenario} {'estimate' if priced else 'amount'}" if args.pricing else scenario,
         clients=clients,
         workers=min(args.workers, clients),
         seconds=args.seconds,
@@ -384,6 +398,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--budgets", type=int, default=1000, help="budgets of the spread scenario")
     p.add_argument("--workers", type=int, default=min(4, max(2, cpus)), help="load-generator processes")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--pricing",
+        action="store_true",
+        help="each cell twice, side by side: Reserve by amount, then Reserve by estimate (priced by the authority)",
+    )
     args = p.parse_args()
     if args.quick:
         args.seconds, args.warmup = 1.0, 0.3
@@ -416,13 +435,14 @@ def main() -> int:
                 for scenario, budgets in scenarios.items():
                     asyncio.run(create_budgets(server.target, budgets))
                     for clients in args.clients:
-                        cells.append(run_cell(args, server, dsn, scenario, budgets, clients))
-                        c = cells[-1]
-                        print(
-                            f"  {scenario} x{clients}: {c.pairs_per_s:.0f} pairs/s, {c.errors} errors",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                        for priced in (False, True) if args.pricing else (False,):
+                            cells.append(run_cell(args, server, dsn, scenario, budgets, clients, priced))
+                            c = cells[-1]
+                            print(
+                                f"  {c.scenario} x{clients}: {c.pairs_per_s:.0f} pairs/s, {c.errors} errors",
+                                file=sys.stderr,
+                                flush=True,
+                            )
                 server_log = server.log_tail(50)
             finally:
                 server.stop()
@@ -430,6 +450,10 @@ def main() -> int:
         asyncio.run(admin(args.admin_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
     print(render(cells, machine))
+    if args.pricing:
+        for amount, estimate in zip(cells[::2], cells[1::2], strict=True):
+            ratio = estimate.pairs_per_s / amount.pairs_per_s if amount.pairs_per_s else 0.0
+            print(f"{amount.scenario.rsplit(' ', 1)[0]} x{amount.clients}: estimate / amount = {ratio:.2f}")
     failed = False
     for c in cells:
         for line in c.error_samples + c.problems:

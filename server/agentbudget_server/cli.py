@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from . import db, logs, settings
+from .errors import AuthorityError
 from .tables import render_table
 
 log = logging.getLogger("agentbudget")
@@ -232,6 +233,44 @@ async def _events(client: BudgetClient, args: argparse.Namespace) -> None:
         print(json.dumps(MessageToDict(event)) if args.json else _event_line(event), flush=True)
 
 
+def cmd_price(args: argparse.Namespace) -> int:
+    """What a usage would cost, from the same catalog the authority uses (no server needed)."""
+    from . import pricing
+    from .model import Details
+    from .money import format_nanos
+
+    catalog = pricing.load(args.price_config)
+    details = Details(
+        model=args.model or None,
+        provider=args.provider or None,
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        cache_read_tokens=args.cache_read_tokens,
+        cache_write_tokens=args.cache_write_tokens,
+        sandbox_class=args.sandbox_class or None,
+        sandbox_nanos=int(args.seconds * 1_000_000_000) if args.seconds else None,
+        api_name=args.api or None,
+        api_calls=args.calls,
+    )
+    try:
+        cost = catalog.cost(details)
+    except AuthorityError as exc:
+        print(f"agentbudget: {exc.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"cost": format_nanos(cost, 2), "currency": pricing.CURRENCY, "catalog": catalog.version}))
+    else:
+        print(f"{format_nanos(cost, 2)} {pricing.CURRENCY}  ({catalog.version})")
+    return 0
+
+
+async def _route(client: BudgetClient, args: argparse.Namespace) -> None:
+    resp = await client.call(client.stub.Route, pb.RouteRequest(budget=args.budget, task_class=args.task_class))
+    _emit(
+        args, resp, (["BUDGET", "TASK CLASS", "TIER", "MODEL"], [[args.budget, args.task_class, resp.tier, resp.model]])
+    )
+
+
 CLIENT_COMMANDS = {
     "budget set": _budget_set,
     "budget get": _budget_get,
@@ -243,6 +282,7 @@ CLIENT_COMMANDS = {
     "transfer": _transfer,
     "ledger": _ledger,
     "events": _events,
+    "route": _route,
 }
 
 
@@ -310,6 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--budget", action="append", default=[])
     events.add_argument("--type", action="append", default=[], help="e.g. threshold_crossed")
     events.add_argument("--follow", action="store_true", help="keep streaming live events")
+    route = sub.add_parser("route", parents=[client], help="the tier and model a task class routes to")
+    route.add_argument("budget")
+    route.add_argument("task_class")
+    price = sub.add_parser("price", help="what a usage would cost (the authority's catalog, locally)")
+    price.add_argument("--model", default="")
+    price.add_argument("--provider", default="")
+    price.add_argument("--input-tokens", type=int, default=None)
+    price.add_argument("--output-tokens", type=int, default=None)
+    price.add_argument("--cache-read-tokens", type=int, default=None)
+    price.add_argument("--cache-write-tokens", type=int, default=None)
+    price.add_argument("--sandbox-class", default="")
+    price.add_argument("--seconds", type=Decimal, default=Decimal(0))
+    price.add_argument("--api", default="")
+    price.add_argument("--calls", type=int, default=None)
+    price.add_argument("--price-config", default=os.environ.get("AGENTBUDGET_PRICE_CONFIG", ""))
+    price.add_argument("--json", action="store_true")
+    price.set_defaults(run=cmd_price)
     return parser
 
 

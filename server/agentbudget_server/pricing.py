@@ -11,12 +11,15 @@ import hashlib
 import importlib.metadata
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from genai_prices import Usage, calc_price
+from genai_prices import Usage
+from genai_prices.data_snapshot import get_snapshot
 
 from .errors import InvalidField
 from .model import Details
@@ -51,7 +54,7 @@ class Catalog:
     apis: dict[str, Decimal] = field(default_factory=dict)  # per call
     source: str = ""  # digest of the configuration, part of the version
 
-    @property
+    @cached_property
     def version(self) -> str:
         base = f"genai-prices {importlib.metadata.version('genai-prices')}"
         return f"{base}+config:{self.source}" if self.source else base
@@ -69,7 +72,10 @@ class Catalog:
             cache_write_tokens=d.cache_write_tokens or None,
         )
         try:
-            price = calc_price(usage, model_ref=model, provider_id=d.provider or None)
+            provider, info = _find_model(model, d.provider or None)
+            price = info.calc_price(
+                usage, provider, genai_request_timestamp=datetime.now(UTC), auto_update_timestamp=None
+            )
         except LookupError:
             raise InvalidField(
                 "details.model", f"no price is known for model {model!r}", reason="UNKNOWN_MODEL"
@@ -102,6 +108,13 @@ class Catalog:
         if kind == "EXTERNAL_API":
             return self.api_cost(d)
         raise InvalidField(field, "required, unless details say what to price (a model, sandbox class or API)")
+
+
+@lru_cache(maxsize=1024)
+def _find_model(model: str, provider: str | None) -> tuple[Any, Any]:
+    """genai-prices' (provider, model) for a name: the lookup is the slow part, so it is kept."""
+    found: tuple[Any, Any] = get_snapshot().find_provider_model(model, None, provider, None)
+    return found
 
 
 def _kind_of(d: Details) -> str | None:
