@@ -133,7 +133,7 @@ def details(value: pb.CostDetails, field: str) -> Details:
         d = value.sandbox_time
         _duration(d, f"{field}.sandbox_time")
         sandbox = d.seconds * 1_000_000_000 + d.nanos
-    return Details(
+    out = Details(
         kind=kind,
         reasoning_tokens=_count(value.reasoning_tokens, f"{field}.reasoning_tokens"),
         sandbox_class=_name(value.sandbox_class, f"{field}.sandbox_class"),
@@ -150,6 +150,12 @@ def details(value: pb.CostDetails, field: str) -> Details:
         task_type=text(value.task_type, f"{field}.task_type", 128),
         labels=labels(value.labels, f"{field}.labels"),
     )
+    cached = (out.cache_read_tokens or 0) + (out.cache_write_tokens or 0)
+    if cached and out.input_tokens and cached > out.input_tokens:
+        raise InvalidField(
+            f"{field}.input_tokens", "counts every input token, cache reads and writes included: it cannot be fewer"
+        )
+    return out
 
 
 def _name(value: str, field: str) -> str | None:

@@ -104,6 +104,8 @@ def hold_response(cls: type, result: HoldResult) -> bytes:
         reservation=reservation(result.reservation),
         remaining=money(result.remaining, result.reservation.currency),
     )
+    if cls is pb.ReserveResponse:  # the model the hold was priced for, and its tier when routed
+        msg.model, msg.tier = result.model, result.tier
     data: bytes = msg.SerializeToString(deterministic=True)
     return data
 
