@@ -384,8 +384,8 @@ async def test_config_prices_sandbox_classes_by_the_second(cstub, dsn) -> None:
 async def test_config_prices_external_apis_per_call_and_zero_is_allowed(cstub, dsn) -> None:
     await make_budget(cstub)
 
-    async def api(rid: str, name: str, calls: int = 0) -> pb.LedgerEntry:
-        details = pb.CostDetails(api_name=name, api_calls=calls)
+    async def api(rid: str, name: str, calls: int | None = None) -> pb.LedgerEntry:
+        details = pb.CostDetails(api_name=name, api_calls=calls)  # None leaves the count unset
         return (await cstub.RecordCost(pb.RecordCostRequest(budget=BUDGET, request_id=rid, details=details))).entry
 
     assert nanos((await api("tavily", "tavily-search", 3)).spent_delta) == 24_000_000
@@ -499,6 +499,20 @@ async def test_reserve_by_estimate_holds_the_worst_case_and_commit_charges_the_u
     )
     assert nanos(charge.entry.spent_delta) == genai_nanos("gpt-4o-mini", 3_000, 300)
     assert nanos(charge.remaining) == 10 * 10**9 - actual - nanos(charge.entry.spent_delta)
+    assert await audit(dsn) == []
+
+
+async def test_a_commit_of_zero_output_tokens_overrides_the_estimate(stub, dsn) -> None:
+    """Counts have presence: 0 output tokens in the Commit is not 'unset', and is not billed as the maximum."""
+    await make_budget(stub, limit="10")
+    await stub.Reserve(
+        pb.ReserveRequest(budget=BUDGET, reservation_id="z", details=model_details("gpt-4o-mini", 1_000, 1_000))
+    )
+    done = await stub.Commit(
+        pb.CommitRequest(budget=BUDGET, reservation_id="z", details=pb.CostDetails(output_tokens=0))
+    )
+    assert nanos(done.reservation.committed) == genai_nanos("gpt-4o-mini", 1_000, 0)
+    assert done.reservation.details.HasField("output_tokens") and done.reservation.details.output_tokens == 0
     assert await audit(dsn) == []
 
 

@@ -75,9 +75,11 @@ def _timestamp(value: datetime) -> Timestamp:
 class Hold:
     """A reservation: awaitable (reserves), and an async context manager that releases on exit."""
 
-    def __init__(self, client: BudgetClient, request: pb.ReserveRequest) -> None:
+    def __init__(self, client: BudgetClient, request: pb.ReserveRequest, currency: str = "USD") -> None:
         self._client = client
         self.request = request
+        self.currency = request.amount.currency_code if request.HasField("amount") else currency
+        self.response: pb.ReserveResponse | None = None
         self.reservation: pb.Reservation | None = None
         self.ended: pb.Reservation | None = None
 
@@ -88,6 +90,7 @@ class Hold:
     async def _reserve(self) -> Hold:
         if self.reservation is None:
             resp: pb.ReserveResponse = await self._client.call(self._client.stub.Reserve, self.request)
+            self.response = resp
             self.reservation = resp.reservation
         return self
 
@@ -107,9 +110,9 @@ class Hold:
                 if exc is None:
                     raise  # otherwise the original exception is the one that matters
 
-    async def commit(self, actual: Amount, details: pb.CostDetails | None = None) -> pb.CommitResponse:
-        currency = self.request.amount.currency_code
-        resp = await self._client.commit(self.request.budget, self.reservation_id, actual, currency, details)
+    async def commit(self, actual: Amount | None = None, details: pb.CostDetails | None = None) -> pb.CommitResponse:
+        """Charge ``actual``; without it, the authority prices the usage in ``details`` (over the reserve's)."""
+        resp = await self._client.commit(self.request.budget, self.reservation_id, actual, self.currency, details)
         self.ended = resp.reservation
         return resp
 
@@ -153,33 +156,41 @@ class BudgetClient:
     def reserve(
         self,
         budget: str,
-        amount: Amount,
+        amount: Amount | None = None,
         *,
         currency: str = "USD",
         reservation_id: str | None = None,
         ttl: timedelta | None = None,
         details: pb.CostDetails | None = None,
+        task_class: str = "",
     ) -> Hold:
+        """A hold of ``amount``; without it, the authority prices the worst case in ``details`` (and
+        a ``task_class`` lets the budget's routing pick the model)."""
         req = pb.ReserveRequest(
             budget=budget,
             reservation_id=reservation_id or new_id(),
-            amount=money(amount, currency),
+            amount=money(amount, currency) if amount is not None else None,
             details=details,
+            task_class=task_class,
         )
         if ttl is not None:
             req.ttl.CopyFrom(_duration(ttl))
-        return Hold(self, req)
+        return Hold(self, req, currency)
 
     async def commit(
         self,
         budget: str,
         reservation_id: str,
-        actual: Amount,
+        actual: Amount | None,
         currency: str = "USD",
         details: pb.CostDetails | None = None,
     ) -> pb.CommitResponse:
+        """Charge ``actual``, or (None) the authority's price of the usage in ``details``."""
         req = pb.CommitRequest(
-            budget=budget, reservation_id=reservation_id, actual=money(actual, currency), details=details
+            budget=budget,
+            reservation_id=reservation_id,
+            actual=money(actual, currency) if actual is not None else None,
+            details=details,
         )
         resp: pb.CommitResponse = await self.call(self.stub.Commit, req)
         return resp
@@ -192,19 +203,26 @@ class BudgetClient:
     async def record_cost(
         self,
         budget: str,
-        amount: Amount,
+        amount: Amount | None = None,
         *,
         currency: str = "USD",
         request_id: str | None = None,
         details: pb.CostDetails | None = None,
     ) -> pb.RecordCostResponse:
+        """Charge ``amount``, or (None) the authority's price of the usage in ``details``."""
         req = pb.RecordCostRequest(
             budget=budget,
             request_id=request_id or new_id("c"),
-            amount=money(amount, currency),
+            amount=money(amount, currency) if amount is not None else None,
             details=details,
         )
         resp: pb.RecordCostResponse = await self.call(self.stub.RecordCost, req)
+        return resp
+
+    async def route(self, budget: str, task_class: str) -> pb.RouteResponse:
+        """The tier and model ``task_class`` routes to under ``budget``'s routing."""
+        req = pb.RouteRequest(budget=budget, task_class=task_class)
+        resp: pb.RouteResponse = await self.call(self.stub.Route, req)
         return resp
 
     async def get_budget(self, name: str) -> pb.Budget:

@@ -106,12 +106,16 @@ def money(value: Money, field: str, *, allow_zero: bool) -> tuple[int, str]:
     return nanos, currency
 
 
-def _count(value: int, field: str) -> int | None:
+def _count(message: Message, name: str, field: str) -> int | None:
+    """A count the caller set (0 included: it overrides an estimate), or None when unset."""
+    if not message.HasField(name):
+        return None
+    value: int = getattr(message, name)
     if value < 0:
         raise InvalidField(field, "must not be negative")
     if value > MAX_TOKENS:
         raise InvalidField(field, f"at most {MAX_TOKENS}")
-    return value or None
+    return value
 
 
 def _duration(value: Duration, field: str) -> timedelta:
@@ -135,17 +139,17 @@ def details(value: pb.CostDetails, field: str) -> Details:
         sandbox = d.seconds * 1_000_000_000 + d.nanos
     out = Details(
         kind=kind,
-        reasoning_tokens=_count(value.reasoning_tokens, f"{field}.reasoning_tokens"),
+        reasoning_tokens=_count(value, "reasoning_tokens", f"{field}.reasoning_tokens"),
         sandbox_class=_name(value.sandbox_class, f"{field}.sandbox_class"),
         provider=_name(value.provider, f"{field}.provider"),
         model=text(value.model, f"{field}.model", 200),
-        input_tokens=_count(value.input_tokens, f"{field}.input_tokens"),
-        output_tokens=_count(value.output_tokens, f"{field}.output_tokens"),
-        cache_read_tokens=_count(value.cache_read_tokens, f"{field}.cache_read_tokens"),
-        cache_write_tokens=_count(value.cache_write_tokens, f"{field}.cache_write_tokens"),
+        input_tokens=_count(value, "input_tokens", f"{field}.input_tokens"),
+        output_tokens=_count(value, "output_tokens", f"{field}.output_tokens"),
+        cache_read_tokens=_count(value, "cache_read_tokens", f"{field}.cache_read_tokens"),
+        cache_write_tokens=_count(value, "cache_write_tokens", f"{field}.cache_write_tokens"),
         sandbox_nanos=sandbox,
         api_name=text(value.api_name, f"{field}.api_name", 128),
-        api_calls=_count(value.api_calls, f"{field}.api_calls"),
+        api_calls=_count(value, "api_calls", f"{field}.api_calls"),
         task_id=text(value.task_id, f"{field}.task_id"),
         task_type=text(value.task_type, f"{field}.task_type", 128),
         labels=labels(value.labels, f"{field}.labels"),

@@ -30,21 +30,28 @@ def ts(value: datetime) -> Timestamp:
 
 
 def details(d: Details) -> pb.CostDetails:
+    counts = {
+        name: getattr(d, name)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "api_calls",
+            "reasoning_tokens",
+        )
+        if getattr(d, name) is not None  # counts have presence: only what was given
+    }
     out = pb.CostDetails(
         kind=pb.CostKind.Value(d.kind) if d.kind else pb.COST_KIND_UNSPECIFIED,
         model=d.model or "",
-        input_tokens=d.input_tokens or 0,
-        output_tokens=d.output_tokens or 0,
-        cache_read_tokens=d.cache_read_tokens or 0,
-        cache_write_tokens=d.cache_write_tokens or 0,
         api_name=d.api_name or "",
-        api_calls=d.api_calls or 0,
         task_id=d.task_id or "",
         task_type=d.task_type or "",
         labels=d.labels,
-        reasoning_tokens=d.reasoning_tokens or 0,
         sandbox_class=d.sandbox_class or "",
         provider=d.provider or "",
+        **counts,
     )
     if d.sandbox_nanos is not None:
         out.sandbox_time.seconds, out.sandbox_time.nanos = divmod(d.sandbox_nanos, 1_000_000_000)

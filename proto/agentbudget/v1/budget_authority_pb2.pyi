@@ -513,6 +513,8 @@ Global___Budget: _TypeAlias = Budget  # noqa: Y015
 
 @_typing.final
 class CostDetails(_message.Message):
+    """Counts have presence: a Commit's 0 output tokens overrides the Reserve's estimate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -575,25 +577,48 @@ class CostDetails(_message.Message):
         *,
         kind: Global___CostKind.ValueType = ...,
         model: _builtins.str = ...,
-        input_tokens: _builtins.int = ...,
-        output_tokens: _builtins.int = ...,
-        cache_read_tokens: _builtins.int = ...,
-        cache_write_tokens: _builtins.int = ...,
+        input_tokens: _builtins.int | None = ...,
+        output_tokens: _builtins.int | None = ...,
+        cache_read_tokens: _builtins.int | None = ...,
+        cache_write_tokens: _builtins.int | None = ...,
         sandbox_time: _duration_pb2.Duration | None = ...,
         api_name: _builtins.str = ...,
-        api_calls: _builtins.int = ...,
+        api_calls: _builtins.int | None = ...,
         task_id: _builtins.str = ...,
         task_type: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        reasoning_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int | None = ...,
         sandbox_class: _builtins.str = ...,
         provider: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox_time", b"sandbox_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_calls", b"_api_calls", "_cache_read_tokens", b"_cache_read_tokens", "_cache_write_tokens", b"_cache_write_tokens", "_input_tokens", b"_input_tokens", "_output_tokens", b"_output_tokens", "_reasoning_tokens", b"_reasoning_tokens", "api_calls", b"api_calls", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "sandbox_time", b"sandbox_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_calls", b"api_calls", "api_name", b"api_name", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "input_tokens", b"input_tokens", "kind", b"kind", "labels", b"labels", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "sandbox_class", b"sandbox_class", "sandbox_time", b"sandbox_time", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_calls", b"_api_calls", "_cache_read_tokens", b"_cache_read_tokens", "_cache_write_tokens", b"_cache_write_tokens", "_input_tokens", b"_input_tokens", "_output_tokens", b"_output_tokens", "_reasoning_tokens", b"_reasoning_tokens", "api_calls", b"api_calls", "api_name", b"api_name", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "input_tokens", b"input_tokens", "kind", b"kind", "labels", b"labels", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "sandbox_class", b"sandbox_class", "sandbox_time", b"sandbox_time", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__api_calls: _TypeAlias = _typing.Literal["api_calls"]  # noqa: Y015
+    _WhichOneofArgType__api_calls: _TypeAlias = _typing.Literal["_api_calls", b"_api_calls"]  # noqa: Y015
+    _WhichOneofReturnType__cache_read_tokens: _TypeAlias = _typing.Literal["cache_read_tokens"]  # noqa: Y015
+    _WhichOneofArgType__cache_read_tokens: _TypeAlias = _typing.Literal["_cache_read_tokens", b"_cache_read_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__cache_write_tokens: _TypeAlias = _typing.Literal["cache_write_tokens"]  # noqa: Y015
+    _WhichOneofArgType__cache_write_tokens: _TypeAlias = _typing.Literal["_cache_write_tokens", b"_cache_write_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__input_tokens: _TypeAlias = _typing.Literal["input_tokens"]  # noqa: Y015
+    _WhichOneofArgType__input_tokens: _TypeAlias = _typing.Literal["_input_tokens", b"_input_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__output_tokens: _TypeAlias = _typing.Literal["output_tokens"]  # noqa: Y015
+    _WhichOneofArgType__output_tokens: _TypeAlias = _typing.Literal["_output_tokens", b"_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__reasoning_tokens: _TypeAlias = _typing.Literal["reasoning_tokens"]  # noqa: Y015
+    _WhichOneofArgType__reasoning_tokens: _TypeAlias = _typing.Literal["_reasoning_tokens", b"_reasoning_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__api_calls) -> _WhichOneofReturnType__api_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_read_tokens) -> _WhichOneofReturnType__cache_read_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_write_tokens) -> _WhichOneofReturnType__cache_write_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_tokens) -> _WhichOneofReturnType__input_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_tokens) -> _WhichOneofReturnType__output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reasoning_tokens) -> _WhichOneofReturnType__reasoning_tokens | None: ...
 
 Global___CostDetails: _TypeAlias = CostDetails  # noqa: Y015
 
