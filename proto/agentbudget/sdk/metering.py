@@ -20,8 +20,8 @@ How input tokens are bounded (no tokenizer is needed, and none is offline-usable
   ``conversation``, a stored ``prompt``) adds ``stored_context``.
 * When the request may write the prompt cache, the bound is multiplied by
   ``cache_write_factor`` (cache writes are priced up to 1.25x plain input). Cache tokens are
-  not given at Reserve: a Commit can't set a count back to zero (proto3), so the estimate
-  stays in ``input_tokens`` alone, which the real usage always replaces.
+  not given at Reserve: the estimate stays in ``input_tokens`` alone, which the real usage
+  (every count of it, zeros included) replaces at Commit.
 
 Output is bounded by the request's own maximum (``max_tokens`` / ``max_completion_tokens`` /
 ``max_output_tokens``, times ``n`` choices, plus predicted-output text, which is billed as
