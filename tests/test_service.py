@@ -94,3 +94,20 @@ def test_cli_drives_a_budget_from_the_shell(dsn):
         assert "BUDGET_CREATED" in events.stdout and "RESERVATION_DENIED" in events.stdout
         bad = cli("budget", "set", "team/x", "--limit", "1.0000000001")
         assert bad.returncode == 2 and "nano" in bad.stderr
+
+
+def test_cli_prices_usage_locally_and_asks_the_authority_for_routes(dsn):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([agentbudget_executable(), *args], capture_output=True, text=True, timeout=60)
+
+    priced = run("price", "--model", "claude-sonnet-4-5", "--input-tokens", "12000", "--output-tokens", "800")
+    assert priced.returncode == 0 and priced.stdout.startswith("0.048 USD") and "genai-prices" in priced.stdout
+    unknown = run("price", "--model", "no-such-model", "--input-tokens", "1")
+    assert unknown.returncode == 2 and "no price is known" in unknown.stderr
+    with ServerProcess(dsn) as server:
+        target = ["--target", server.address]
+        assert run("budget", "set", "team/research", "--limit", "20", *target).returncode == 0
+        routed = run("route", "team/research", "research", *target)
+        assert routed.returncode == 0 and "premium" in routed.stdout and "claude-opus-4-1" in routed.stdout
+        bad = run("route", "team/research", "knitting", *target)
+        assert bad.returncode == 1 and "UNKNOWN_TASK_CLASS" in bad.stderr

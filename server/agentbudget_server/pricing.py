@@ -65,6 +65,23 @@ class Catalog:
             raise InvalidField("details.model", "required to price model inference", reason="UNKNOWN_MODEL")
         if model in self.models:
             return ceil_nanos(self.models[model].cost(d))
+        now = datetime.now(UTC)
+        try:
+            linear = _linear_prices(model, d.provider or None, now.strftime("%Y-%m-%dT%H"))
+        except LookupError:
+            raise InvalidField(
+                "details.model", f"no price is known for model {model!r}", reason="UNKNOWN_MODEL"
+            ) from None
+        if linear is not None and (linear.cache_read_mtok is not None or not d.cache_read_tokens):
+            if linear.cache_write_mtok is not None or not d.cache_write_tokens:
+                cost = linear.cost(d)
+                if cost == 0 and (d.input_tokens or d.output_tokens):
+                    raise InvalidField(
+                        "details.model",
+                        f"model {model!r} has no price per token in the catalog",
+                        reason="UNKNOWN_MODEL",
+                    )
+                return ceil_nanos(cost)
         usage = Usage(
             input_tokens=d.input_tokens or 0,
             output_tokens=d.output_tokens or 0,
@@ -115,6 +132,28 @@ def _find_model(model: str, provider: str | None) -> tuple[Any, Any]:
     """genai-prices' (provider, model) for a name: the lookup is the slow part, so it is kept."""
     found: tuple[Any, Any] = get_snapshot().find_provider_model(model, None, provider, None)
     return found
+
+
+@lru_cache(maxsize=1024)
+def _linear_prices(model: str, provider: str | None, hour: str) -> ModelPrice | None:
+    """The model's prices when they are flat per token (no tiers), as of ``hour``: then the cost is
+    the same sum genai-prices computes, at a fraction of its cost on the hot path. None: tiered."""
+    found_provider, info = _find_model(model, provider)
+    del found_provider
+    prices = info.get_prices(datetime.fromisoformat(hour).replace(tzinfo=UTC))
+    parts = [
+        getattr(prices, name, None) for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+    ]
+    if any(p is not None and not isinstance(p, Decimal) for p in parts):
+        return None
+    if getattr(prices, "input_mtok", None) is None and getattr(prices, "output_mtok", None) is None:
+        return None  # not priced by the token at all: let genai-prices say what it is
+    return ModelPrice(
+        input_mtok=parts[0] or Decimal(0),
+        output_mtok=parts[1] or Decimal(0),
+        cache_read_mtok=parts[2],
+        cache_write_mtok=parts[3],
+    )
 
 
 def _kind_of(d: Details) -> str | None:
