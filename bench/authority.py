@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -365,6 +366,31 @@ def run_cell(
     )
 
 
+def _progress(c: Cell) -> None:
+    print(f"  {c.scenario} x{c.clients}: {c.pairs_per_s:.0f} pairs/s, {c.errors} errors", file=sys.stderr, flush=True)
+
+
+def pool_rounds(rounds: list[Cell]) -> Cell:
+    """One cell of several rounds of the same load: throughput over their total time, worst tails."""
+    first = rounds[0]
+    total = sum(c.pairs for c in rounds)
+    seconds = sum(c.seconds for c in rounds)
+    return Cell(
+        scenario=first.scenario,
+        clients=first.clients,
+        workers=first.workers,
+        seconds=seconds,
+        pairs=total,
+        pairs_per_s=total / seconds,
+        p50_ms=statistics.median(c.p50_ms for c in rounds),
+        p99_ms=max(c.p99_ms for c in rounds),
+        errors=sum(c.errors for c in rounds),
+        server_cpu_pct=statistics.mean(c.server_cpu_pct for c in rounds),
+        error_samples=[e for c in rounds for e in c.error_samples][:5],
+        problems=[p for c in rounds for p in c.problems],
+    )
+
+
 def render(cells: list[Cell], machine: str) -> str:
     headers = ["SCENARIO", "CLIENTS", "PAIRS/S", "P50 MS", "P99 MS", "ERRORS", "SERVER CPU", "AUDIT"]
     rows = [
@@ -398,6 +424,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--budgets", type=int, default=1000, help="budgets of the spread scenario")
     p.add_argument("--workers", type=int, default=min(4, max(2, cpus)), help="load-generator processes")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--rounds", type=int, default=3, help="with --pricing: alternating rounds per side and cell")
     p.add_argument(
         "--pricing",
         action="store_true",
@@ -434,15 +461,19 @@ def main() -> int:
                 }
                 for scenario, budgets in scenarios.items():
                     asyncio.run(create_budgets(server.target, budgets))
-                    for clients in args.clients:
-                        for priced in (False, True) if args.pricing else (False,):
-                            cells.append(run_cell(args, server, dsn, scenario, budgets, clients, priced))
-                            c = cells[-1]
-                            print(
-                                f"  {c.scenario} x{clients}: {c.pairs_per_s:.0f} pairs/s, {c.errors} errors",
-                                file=sys.stderr,
-                                flush=True,
-                            )
+                    for n, clients in enumerate(args.clients):
+                        if not args.pricing:
+                            cells.append(run_cell(args, server, dsn, scenario, budgets, clients))
+                            _progress(cells[-1])
+                            continue
+                        # Side by side: rounds in alternating order (ABBA...), so neither side always runs on
+                        # the fuller ledger, and each side's rounds pooled.
+                        rounds: dict[bool, list[Cell]] = {False: [], True: []}
+                        for r in range(args.rounds):
+                            for priced in (False, True) if (n + r) % 2 == 0 else (True, False):
+                                rounds[priced].append(run_cell(args, server, dsn, scenario, budgets, clients, priced))
+                                _progress(rounds[priced][-1])
+                        cells += [pool_rounds(rounds[False]), pool_rounds(rounds[True])]
                 server_log = server.log_tail(50)
             finally:
                 server.stop()
@@ -451,7 +482,8 @@ def main() -> int:
 
     print(render(cells, machine))
     if args.pricing:
-        for amount, estimate in zip(cells[::2], cells[1::2], strict=True):
+        for first, second in zip(cells[::2], cells[1::2], strict=True):
+            amount, estimate = (first, second) if first.scenario.endswith("amount") else (second, first)
             ratio = estimate.pairs_per_s / amount.pairs_per_s if amount.pairs_per_s else 0.0
             print(f"{amount.scenario.rsplit(' ', 1)[0]} x{amount.clients}: estimate / amount = {ratio:.2f}")
     failed = False
