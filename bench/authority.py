@@ -62,6 +62,7 @@ class Job:
     seconds: float
     tag: str
     priced: bool = False  # Reserve by estimate (the authority prices it) instead of by amount
+    with_details: bool = False  # by amount, with the estimate's details too (the --pricing baseline)
 
 
 @dataclass
@@ -103,6 +104,8 @@ async def _client(
         try:
             if job.priced:
                 reserve = pb.ReserveRequest(budget=budget, reservation_id=rid, details=ESTIMATE)
+            elif job.with_details:  # the same request with its amount given: only the pricing differs
+                reserve = pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD, details=ESTIMATE)
             else:
                 reserve = pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD)
             await stub.Reserve(reserve, timeout=RPC_TIMEOUT)
@@ -152,6 +155,7 @@ def run_load(
     tag: str,
     server_cpu: Callable[[], float],
     priced: bool = False,
+    with_details: bool = False,
 ) -> tuple[WorkerResult, float]:
     """The merged results of the workers, and the server's CPU use (1.0 = one core) while measured."""
     ctx = mp.get_context("spawn")
@@ -164,7 +168,7 @@ def run_load(
             target=worker_main,
             daemon=True,
             args=(
-                Job(target, budgets, share + (i < extra), warmup, seconds, f"{tag}-w{i}", priced),
+                Job(target, budgets, share + (i < extra), warmup, seconds, f"{tag}-w{i}", priced, with_details),
                 barrier,
                 results,
             ),
@@ -347,7 +351,16 @@ def run_cell(
     spent_before, _ = asyncio.run(totals(dsn))
     tag = f"{scenario}-{clients}-{uuid.uuid4().hex[:6]}"
     load, cpu = run_load(
-        server.target, budgets, clients, args.workers, args.warmup, args.seconds, tag, server.cpu_seconds, priced
+        server.target,
+        budgets,
+        clients,
+        args.workers,
+        args.warmup,
+        args.seconds,
+        tag,
+        server.cpu_seconds,
+        priced,
+        args.pricing,  # the baseline of a pricing comparison sends the same details, with the amount
     )
     lat = sorted(load.latencies)
     return Cell(
@@ -428,7 +441,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--pricing",
         action="store_true",
-        help="each cell twice, side by side: Reserve by amount, then Reserve by estimate (priced by the authority)",
+        help="each cell twice, side by side: Reserve by amount (with the same details) and by estimate (priced)",
     )
     args = p.parse_args()
     if args.quick:
