@@ -105,3 +105,26 @@ async def test_a_changed_applied_migration_is_refused(fresh_db, monkeypatch):
         assert "changed after it was applied" in str(exc)
     else:
         raise AssertionError("an edited migration was accepted")
+
+
+def test_two_processes_migrating_an_empty_database_at_once(fresh_db):
+    import subprocess
+
+    from procs import agentbudget_executable
+
+    command = [agentbudget_executable(), "migrate", "--database-url", fresh_db, "--log-level", "WARNING"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    said = sorted(out.strip() for out, _ in outputs)
+    versions = ", ".join(v for v, _ in sql.migrations())
+    assert said == sorted([f"applied: {versions}", "schema is up to date"]), said  # each applied exactly once
+
+    async def count() -> int:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM schema_migrations"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == len(sql.migrations())
