@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -73,15 +73,6 @@ def agent_budget(limit: str = "10", **spec: Any) -> dict[str, Any]:
     }
 
 
-def status() -> dict[str, Any]:
-    body = KubeEmulatorRef.kube.get(AGENTBUDGETS, NAME, NS) or {}
-    return body.get("status") or {}
-
-
-class KubeEmulatorRef:
-    kube: KubeEmulator
-
-
 def replicas(kube: KubeEmulator) -> int:
     return int(kube.get(DEPLOYMENTS, "research-agent", NS)["spec"]["replicas"])
 
@@ -98,12 +89,18 @@ def spend(ledger: pb_grpc.BudgetAuthorityStub, request_id: str, amount: str) -> 
     ledger.RecordCost(pb.RecordCostRequest(budget=BUDGET, request_id=request_id, amount=usd(amount)))
 
 
-@pytest.fixture(autouse=True)
-def _remember(kube: KubeEmulator) -> None:
-    KubeEmulatorRef.kube = kube
+@pytest.fixture
+def status(kube: KubeEmulator) -> Callable[[], dict[str, Any]]:
+    """The AgentBudget's .status as the emulated API holds it now."""
+
+    def read() -> dict[str, Any]:
+        body = kube.get(AGENTBUDGETS, NAME, NS) or {}
+        return body.get("status") or {}
+
+    return read
 
 
-def test_create_fills_the_status_and_writes_the_routing(kube, authority, ledger):
+def test_create_fills_the_status_and_writes_the_routing(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment())
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget(routing={"tiers": {"premium": "claude-opus-4-5"}}))
@@ -118,7 +115,7 @@ def test_create_fills_the_status_and_writes_the_routing(kube, authority, ledger)
         assert budget.spec.limit.units == 10
 
 
-def test_spend_past_the_threshold_warns_and_exhaustion_pauses_until_the_limit_rises(kube, authority, ledger):
+def test_spend_past_the_threshold_warns_and_exhaustion_pauses_until_the_limit_rises(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment(replicas=3))
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("10"))
@@ -149,7 +146,7 @@ def test_spend_past_the_threshold_warns_and_exhaustion_pauses_until_the_limit_ri
     assert reasons(kube).count("ThresholdReached") == 1
 
 
-def test_a_paused_agent_scaled_up_by_hand_is_scaled_down_again(kube, authority, ledger):
+def test_a_paused_agent_scaled_up_by_hand_is_scaled_down_again(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment(replicas=2))
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("1"))
@@ -162,7 +159,7 @@ def test_a_paused_agent_scaled_up_by_hand_is_scaled_down_again(kube, authority, 
         eventually(lambda: any(e["type"] == "Warning" and e["reason"] == "Paused" for e in kube.events(about=NAME)))
 
 
-def test_pausing_scales_to_zero_and_unpausing_restores(kube, authority, ledger):
+def test_pausing_scales_to_zero_and_unpausing_restores(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment(replicas=2))
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("10"))
@@ -177,7 +174,7 @@ def test_pausing_scales_to_zero_and_unpausing_restores(kube, authority, ledger):
         eventually(lambda: status().get("phase") == "Active")
 
 
-def test_delete_restores_the_agent_and_keeps_the_ledger(kube, authority, ledger):
+def test_delete_restores_the_agent_and_keeps_the_ledger(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment(replicas=2))
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("1"))
@@ -195,7 +192,7 @@ def test_delete_restores_the_agent_and_keeps_the_ledger(kube, authority, ledger)
     assert [e.type for e in trail.entries] == [pb.ENTRY_PERIOD_OPENED, pb.ENTRY_CHARGE]
 
 
-def test_routing_is_patched_only_when_it_changes(kube, authority, ledger):
+def test_routing_is_patched_only_when_it_changes(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment())
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget(routing={"taskClasses": {"lookup": "mid"}}))
@@ -221,7 +218,7 @@ def test_routing_is_patched_only_when_it_changes(kube, authority, ledger):
         )
 
 
-def test_an_operator_restart_posts_no_duplicate_events_and_scales_nothing(kube, authority, ledger):
+def test_an_operator_restart_posts_no_duplicate_events_and_scales_nothing(kube, authority, ledger, status):
     kube.create(DEPLOYMENTS, deployment(replicas=3))
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("10"))
@@ -242,7 +239,7 @@ def test_an_operator_restart_posts_no_duplicate_events_and_scales_nothing(kube, 
     assert len(kube.requests("PATCH", DEPLOYMENTS)) == scales_before
 
 
-def test_a_missing_target_is_a_condition_and_is_retried(kube, authority, ledger):
+def test_a_missing_target_is_a_condition_and_is_retried(kube, authority, ledger, status):
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("10"))
         eventually(
@@ -258,7 +255,7 @@ def test_a_missing_target_is_a_condition_and_is_retried(kube, authority, ledger)
         )
 
 
-def test_a_spec_the_authority_rejects_is_a_permanent_error_with_a_condition(kube, authority, ledger):
+def test_a_spec_the_authority_rejects_is_a_permanent_error_with_a_condition(kube, authority, ledger, status):
     with operator(kube, authority):
         kube.create(AGENTBUDGETS, agent_budget("10", timeZone="Mars/Olympus"))  # the schema cannot know
         eventually(lambda: any(c["reason"] == "SpecRejected" for c in status().get("conditions", [])))

@@ -14,14 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import kmock
 import kopf
 import pytest
 import yaml
 from agentbudget.routing import ANNOTATION as ROUTING
 from agentbudget.v1 import budget_authority_pb2 as pb
-from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_operator import handlers
 from agentbudget_operator.config import OperatorConfig
 from agentbudget_operator.decisions import REPLICAS_ANNOTATION
@@ -37,7 +35,7 @@ from kube import (
     eventually,
     operator_settings,
 )
-from procs import ServerProcess
+from test_operator import authority, ledger  # noqa: F401  (the same real-authority fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 RBAC = ROOT / "operator" / "deploy" / "rbac.yaml"
@@ -72,19 +70,6 @@ def kube() -> Iterator[KubeEmulator]:
     with KubeEmulator(resources) as emulator:
         emulator.create(CRDS, yaml.safe_load(CRD.read_text()))
         yield emulator
-
-
-@pytest.fixture
-def authority(dsn: str) -> Iterator[ServerProcess]:
-    with ServerProcess(dsn) as server:
-        yield server
-
-
-@pytest.fixture
-def ledger(authority: ServerProcess) -> Iterator[pb_grpc.BudgetAuthorityStub]:
-    channel = grpc.insecure_channel(authority.address)
-    yield pb_grpc.BudgetAuthorityStub(channel)
-    channel.close()
 
 
 def production_settings() -> kopf.OperatorSettings:

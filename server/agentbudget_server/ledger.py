@@ -276,7 +276,7 @@ async def release(pool: asyncpg.Pool, cmd: c.Release, encode: Callable[[HoldResu
         await u.post(account, Posting("RELEASE", held=-hold, reservation_id=cmd.reservation_id), period)
         assert u.now is not None
         view = ReservationView.from_record(row, cmd.budget, account.budget.spec.currency)
-        view = ReservationView(**{**view.__dict__, "state": "RELEASED", "ended_at": u.now})
+        view = replace(view, state="RELEASED", ended_at=u.now)
         response = encode(HoldResult(view, account.period.balance.remaining))
         await u.conn.execute(
             Q["end_reservation"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -89,9 +89,3 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
 
 def data_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser().resolve()
-
-
-def parse(argv: Sequence[str]) -> Settings:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return load(parser.parse_args(list(argv)))
