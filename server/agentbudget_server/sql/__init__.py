@@ -1,4 +1,8 @@
-"""Named SQL queries from ``queries.sql`` and the ordered migrations, bound at import."""
+"""Named SQL queries from the ``*.sql`` files beside this module and the ordered migrations, bound at import.
+
+Every top-level ``.sql`` file but ``schema.sql`` holds named queries (``-- name: x``); a name may be
+defined only once across all of them.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,18 @@ def _parse(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES: dict[str, str] = _parse(resources.files(__package__).joinpath("queries.sql").read_text("utf-8"))
+def _load() -> dict[str, str]:
+    queries: dict[str, str] = {}
+    folder = resources.files(__package__)
+    for name in sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql") and p.name != "schema.sql"):
+        for key, body in _parse(folder.joinpath(name).read_text("utf-8")).items():
+            if key in queries:
+                raise ValueError(f"query {key} defined twice ({name})")
+            queries[key] = body
+    return queries
+
+
+QUERIES: dict[str, str] = _load()
 
 
 def migrations() -> list[tuple[str, str]]:
