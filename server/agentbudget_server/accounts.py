@@ -1,16 +1,23 @@
 """A unit of work on budgets: lock, roll the period, change balances, emit events, in one transaction.
 
-Every change of money goes through :meth:`Unit.post`, which writes the ledger row, updates the
-materialised balance of its period and derives the phase and threshold events from the pure
-rules, so the balances are the ledger's sums by construction.
+Every change of money goes through :meth:`Unit.post`, which queues the ledger row, moves the
+balance of its period and derives the phase and threshold events from the pure rules, so the
+balances are the ledger's sums by construction.
+
+Writes are buffered in memory and written by :meth:`Unit.flush` with one multi-row statement per
+table, just before the commit; that is what lets group commit apply many calls for one budget in
+one transaction. Because the budget row is locked for the whole unit, what this unit read and
+changed in memory is the truth. A unit can also take back what one call changed
+(:meth:`Unit.mark` / :meth:`Unit.undo`), so that one call's error does not disturb the others
+applied in the same transaction.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +25,7 @@ import asyncpg
 
 from . import db, periods, rules
 from .errors import BudgetNotFound
-from .model import BudgetRow, Details, PeriodRow
+from .model import BudgetRow, Details, PeriodRow, ReservationView
 from .money import checked_sum
 from .rules import Balance, EventType
 from .sql import QUERIES as Q
@@ -26,7 +33,7 @@ from .sql import QUERIES as Q
 
 @dataclass
 class Account:
-    """A locked budget and its current period, kept in step with what this unit wrote."""
+    """A locked budget and its current period, kept in step with what this unit did."""
 
     budget: BudgetRow
     period: PeriodRow
@@ -50,11 +57,115 @@ class Posting:
     catalog_version: str | None = None
 
 
+@dataclass
+class EntryRef:
+    """A queued ledger row; its id is known once the unit has written it."""
+
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A reservation row as this unit sees it (changes replace it)."""
+
+    budget_id: int
+    reservation_id: str
+    period_start: datetime
+    amount_nanos: int
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    committed_nanos: int | None
+    overrun: bool
+    late: bool
+    details: str
+    reserve_fingerprint: bytes
+    reserve_response: bytes
+    end_fingerprint: bytes | None = None
+    end_response: bytes | None = None
+    new: bool = False  # granted in this unit: inserted, not updated
+
+    @classmethod
+    def from_record(cls, row: asyncpg.Record) -> Hold:
+        details = row["details"]
+        return cls(
+            budget_id=row["budget_id"],
+            reservation_id=row["reservation_id"],
+            period_start=row["period_start"],
+            amount_nanos=row["amount_nanos"],
+            state=row["state"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            ended_at=row["ended_at"],
+            committed_nanos=row["committed_nanos"],
+            overrun=row["overrun"],
+            late=row["late"],
+            details=details if isinstance(details, str) else json.dumps(details, sort_keys=True),
+            reserve_fingerprint=bytes(row["reserve_fingerprint"]),
+            reserve_response=bytes(row["reserve_response"]),
+            end_fingerprint=None if row["end_fingerprint"] is None else bytes(row["end_fingerprint"]),
+            end_response=None if row["end_response"] is None else bytes(row["end_response"]),
+        )
+
+    def view(self, budget: str, currency: str) -> ReservationView:
+        return ReservationView(
+            budget=budget,
+            currency=currency,
+            reservation_id=self.reservation_id,
+            amount=self.amount_nanos,
+            state=self.state,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            ended_at=self.ended_at,
+            committed=self.committed_nanos,
+            overrun=self.overrun,
+            late=self.late,
+            period_start=self.period_start,
+            details=Details.from_json(self.details),
+        )
+
+
+@dataclass
+class Reply:
+    """What one call gets: its response bytes (set at the latest when the unit is written), or an
+    error whose changes are kept (a denial keeps its event and the expiries it caused)."""
+
+    data: bytes | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    fingerprint: bytes
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Mark:
+    entries: int
+    events: int
+    undo: int
+    written: int
+
+
+_MISSING: Any = object()
+
+
 class Unit:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self.now: datetime | None = None
         self._events: list[tuple[str, int, str, str]] = []
+        self._entries: list[tuple[int, datetime, Posting, EntryRef]] = []
+        self._periods: dict[tuple[int, datetime], PeriodRow] = {}
+        self._dirty_periods: dict[tuple[int, datetime], PeriodRow] = {}
+        self._holds: dict[tuple[int, str], Hold | None] = {}
+        self._dirty_holds: dict[tuple[int, str], Hold] = {}
+        self._keys: dict[tuple[str, str], StoredKey | None] = {}
+        self._new_keys: dict[tuple[str, str], StoredKey] = {}
+        self._on_written: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
 
     # -- locking -------------------------------------------------------------------------------
 
@@ -83,9 +194,15 @@ class Unit:
         return account
 
     async def period_of(self, budget: BudgetRow, start: datetime) -> PeriodRow:
+        """A period of a locked budget; read once per unit, then kept in step in memory."""
+        key = (budget.id, start)
+        known = self._periods.get(key)
+        if known is not None:
+            return known
         prow = await self.conn.fetchrow(Q["get_period"], budget.id, start)
         assert prow is not None, "every budget has its current period row"
-        return PeriodRow.from_record(prow)
+        period = self._periods[key] = PeriodRow.from_record(prow)
+        return period
 
     # -- periods -------------------------------------------------------------------------------
 
@@ -103,10 +220,11 @@ class Unit:
             list(assessed.crossed),
             assessed.phase.value,
         )
-        await self._insert_entry(budget, start, Posting("PERIOD_OPENED", limit=spec.limit))
+        self._queue_entry(budget.id, start, Posting("PERIOD_OPENED", limit=spec.limit))
         await self.conn.execute(Q["move_budget_period"], budget.id, start, end)
         budget.period_start, budget.period_end = start, end
-        return PeriodRow(start, end, balance, assessed.crossed, assessed.phase)
+        period = self._periods[(budget.id, start)] = PeriodRow(start, end, balance, assessed.crossed, assessed.phase)
+        return period
 
     async def roll(self, account: Account, start: datetime, end: datetime) -> None:
         previous = account.period
@@ -121,96 +239,252 @@ class Unit:
 
     # -- money ---------------------------------------------------------------------------------
 
-    async def post(self, account: Account, posting: Posting, period: PeriodRow | None = None) -> int:
-        """Write one ledger row and move its period's balance by the same deltas.
+    def post(self, account: Account, posting: Posting, period: PeriodRow | None = None) -> EntryRef:
+        """Queue one ledger row and move its period's balance by the same deltas.
 
         ``period`` is an earlier period (a late commit of an old hold); events are emitted only
         for the current one, apart from overruns.
         """
         target = period or account.period
-        entry_id = await self._insert_entry(account.budget, target.start, posting)
-        await self.rebalance(account, target, posting.spent, posting.held, posting.limit)
-        return entry_id
+        ref = self._queue_entry(account.budget.id, target.start, posting)
+        self.rebalance(account, target, posting.spent, posting.held, posting.limit)
+        return ref
 
-    async def rebalance(self, account: Account, target: PeriodRow, spent: int, held: int, limit: int) -> None:
+    def rebalance(self, account: Account, target: PeriodRow, spent: int, held: int, limit: int) -> None:
         old = target.balance
         new = Balance(checked_sum(old.limit, limit), checked_sum(old.spent, spent), old.held + held)
-        await self.reassess(account, target, new)
+        self.reassess(account, target, new)
 
-    async def reassess(self, account: Account, target: PeriodRow, new: Balance) -> None:
-        """Store a period's new balance with the phase and crossed thresholds the rules give."""
+    def reassess(self, account: Account, target: PeriodRow, new: Balance) -> None:
+        """Give a period its new balance with the phase and crossed thresholds the rules give."""
         spec = account.budget.spec
         assessed = rules.assess(target.phase, target.crossed, new, spec.paused, spec.thresholds)
-        await self.conn.execute(
-            Q["update_period"],
-            account.budget.id,
-            target.start,
-            new.limit,
-            new.spent,
-            new.held,
-            sorted(assessed.crossed),
-            assessed.phase.value,
-        )
+        key = (account.budget.id, target.start)
+        before = (target.balance, target.crossed, target.phase)
+        was_dirty = key in self._dirty_periods
+
+        def undo() -> None:
+            target.balance, target.crossed, target.phase = before
+            if not was_dirty:
+                self._dirty_periods.pop(key, None)
+
+        self._undo.append(undo)
         target.balance, target.crossed, target.phase = new, assessed.crossed, assessed.phase
+        self._dirty_periods[key] = target
         if target is account.period:
             for event_type, ppm in assessed.events:
                 extra: dict[str, Any] = {} if ppm is None else {"threshold_ppm": ppm}
                 self.emit(account, event_type, **extra)
 
+    # -- holds ---------------------------------------------------------------------------------
+
+    async def load_holds(self, account: Account, reservation_ids: Iterable[str]) -> None:
+        """Read the named reservations in one query (those this unit does not know yet)."""
+        bid = account.budget.id
+        wanted = sorted({r for r in reservation_ids if (bid, r) not in self._holds})
+        if not wanted:
+            return
+        for rid in wanted:
+            self._holds[(bid, rid)] = None
+        for row in await self.conn.fetch(Q["get_reservations"], bid, wanted):
+            self._holds[(bid, row["reservation_id"])] = Hold.from_record(row)
+
+    async def hold(self, account: Account, reservation_id: str) -> Hold | None:
+        await self.load_holds(account, (reservation_id,))
+        return self._holds[(account.budget.id, reservation_id)]
+
+    def put_hold(self, hold: Hold) -> None:
+        key = (hold.budget_id, hold.reservation_id)
+        before, dirty_before = self._holds.get(key, _MISSING), self._dirty_holds.get(key, _MISSING)
+
+        def undo() -> None:
+            _restore(self._holds, key, before)
+            _restore(self._dirty_holds, key, dirty_before)
+
+        self._undo.append(undo)
+        self._holds[key] = self._dirty_holds[key] = hold
+
     async def expire_due(self, account: Account) -> int:
         """End every hold of this budget whose TTL has run out; returns how many."""
         assert self.now is not None
-        rows = await self.conn.fetch(Q["expire_due_holds"], account.budget.id, self.now)
-        by_period: dict[datetime, PeriodRow] = {}
-        for row in rows:
-            start = row["period_start"]
-            if start == account.period.start:
-                target = account.period
-            else:
-                target = by_period.get(start) or await self.period_of(account.budget, start)
-                by_period[start] = target
-            await self.post(
+        bid = account.budget.id
+        expired = 0
+        for row in await self.conn.fetch(Q["due_holds"], bid, self.now):
+            key = (bid, row["reservation_id"])
+            if key not in self._holds:
+                self._holds[key] = Hold.from_record(row)
+            hold = self._holds[key]
+            if hold is None or hold.state != "ACTIVE":  # ended earlier in this unit
+                continue
+            target = await self.period_of(account.budget, hold.period_start)
+            self.post(
                 account,
-                Posting("EXPIRY", held=-row["amount_nanos"], reservation_id=row["reservation_id"]),
+                Posting("EXPIRY", held=-hold.amount_nanos, reservation_id=hold.reservation_id),
                 period=None if target is account.period else target,
             )
-        return len(rows)
+            self.put_hold(replace(hold, state="EXPIRED", ended_at=self.now))
+            expired += 1
+        return expired
 
-    async def _insert_entry(self, budget: BudgetRow, period_start: datetime, p: Posting) -> int:
-        d = p.details
-        entry_id: int = await self.conn.fetchval(
-            Q["insert_entry"],
-            budget.id,
-            period_start,
-            p.entry_type,
-            self.now,
-            p.spent,
-            p.held,
-            p.limit,
-            p.reservation_id,
-            p.request_id,
-            p.overrun,
-            p.late,
-            d.kind,
-            d.model,
-            d.input_tokens,
-            d.output_tokens,
-            d.cache_read_tokens,
-            d.cache_write_tokens,
-            d.sandbox_nanos,
-            d.api_name,
-            d.api_calls,
-            d.task_id,
-            d.task_type,
-            json.dumps(d.labels, sort_keys=True),
-            p.catalog_version,
-            p.counterparty,
-            p.reason,
-            d.reasoning_tokens,
-            d.sandbox_class,
-            d.provider,
-        )
-        return entry_id
+    # -- idempotency keys ----------------------------------------------------------------------
+
+    async def load_keys(self, scope: str, request_ids: Iterable[str]) -> None:
+        wanted = sorted({r for r in request_ids if (scope, r) not in self._keys})
+        if not wanted:
+            return
+        for rid in wanted:
+            self._keys[(scope, rid)] = None
+        for row in await self.conn.fetch(Q["get_idempotency_keys"], scope, wanted):
+            reply = Reply(bytes(row["response"]))
+            self._keys[(scope, row["request_id"])] = StoredKey(bytes(row["fingerprint"]), reply)
+
+    async def key(self, scope: str, request_id: str) -> StoredKey | None:
+        await self.load_keys(scope, (request_id,))
+        return self._keys[(scope, request_id)]
+
+    def put_key(self, scope: str, request_id: str, stored: StoredKey) -> None:
+        """Store a response for replays; its bytes may be filled in when the unit is written."""
+        key = (scope, request_id)
+        before = self._keys.get(key, _MISSING)
+
+        def undo() -> None:
+            _restore(self._keys, key, before)
+            self._new_keys.pop(key, None)
+
+        self._undo.append(undo)
+        self._keys[key] = self._new_keys[key] = stored
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the ledger rows have their ids (to encode a response naming one)."""
+        self._on_written.append(callback)
+
+    # -- one call's changes, taken back ----------------------------------------------------------
+
+    def mark(self) -> Mark:
+        return Mark(len(self._entries), len(self._events), len(self._undo), len(self._on_written))
+
+    def undo(self, mark: Mark) -> None:
+        while len(self._undo) > mark.undo:
+            self._undo.pop()()
+        del self._entries[mark.entries :]
+        del self._events[mark.events :]
+        del self._on_written[mark.written :]
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _queue_entry(self, budget_id: int, period_start: datetime, posting: Posting) -> EntryRef:
+        ref = EntryRef()
+        self._entries.append((budget_id, period_start, posting, ref))
+        return ref
+
+    async def write(self) -> None:
+        """Everything queued, one statement per table; the events (and the counter) last."""
+        await self._write_entries()
+        for callback in self._on_written:
+            callback()
+        self._on_written.clear()
+        await self._write_holds()
+        if self._new_keys:
+            rows = [(s, r, k.fingerprint, k.reply.data) for (s, r), k in self._new_keys.items()]
+            await self.conn.execute(Q["insert_idempotency_keys"], *_columns(rows, 4))
+            self._new_keys.clear()
+        for (budget_id, start), p in self._dirty_periods.items():
+            b = p.balance
+            await self.conn.execute(
+                Q["update_period"], budget_id, start, b.limit, b.spent, b.held, sorted(p.crossed), p.phase.value
+            )
+        self._dirty_periods.clear()
+        self._undo.clear()
+        await self.flush()
+
+    async def _write_entries(self) -> None:
+        if not self._entries:
+            return
+        rows = []
+        for budget_id, start, p, _ in self._entries:
+            d = p.details
+            rows.append(
+                (
+                    budget_id,
+                    start,
+                    p.entry_type,
+                    p.spent,
+                    p.held,
+                    p.limit,
+                    p.reservation_id,
+                    p.request_id,
+                    p.overrun,
+                    p.late,
+                    d.kind,
+                    d.model,
+                    d.input_tokens,
+                    d.output_tokens,
+                    d.cache_read_tokens,
+                    d.cache_write_tokens,
+                    d.sandbox_nanos,
+                    d.api_name,
+                    d.api_calls,
+                    d.task_id,
+                    d.task_type,
+                    json.dumps(d.labels, sort_keys=True),
+                    p.catalog_version,
+                    p.counterparty,
+                    p.reason,
+                    d.reasoning_tokens,
+                    d.sandbox_class,
+                    d.provider,
+                )
+            )
+        ids = await self.conn.fetch(Q["insert_entries"], self.now, *_columns(rows, 28))
+        # Identity values are drawn row by row in the order of the arrays, so sorted ids are in order.
+        for (*_, ref), record in zip(self._entries, sorted(r["id"] for r in ids), strict=True):
+            ref.id = record
+        self._entries.clear()
+
+    async def _write_holds(self) -> None:
+        new = [h for h in self._dirty_holds.values() if h.new]
+        ended = [h for h in self._dirty_holds.values() if not h.new]
+        self._dirty_holds.clear()
+        if new:
+            rows = [
+                (
+                    h.budget_id,
+                    h.reservation_id,
+                    h.period_start,
+                    h.amount_nanos,
+                    h.state,
+                    h.created_at,
+                    h.expires_at,
+                    h.ended_at,
+                    h.committed_nanos,
+                    h.overrun,
+                    h.late,
+                    h.details,
+                    h.reserve_fingerprint,
+                    h.reserve_response,
+                    h.end_fingerprint,
+                    h.end_response,
+                )
+                for h in new
+            ]
+            await self.conn.execute(Q["insert_reservations"], *_columns(rows, 16))
+        if ended:
+            changes = [
+                (
+                    h.budget_id,
+                    h.reservation_id,
+                    h.state,
+                    h.ended_at,
+                    h.committed_nanos,
+                    h.overrun,
+                    h.late,
+                    h.details,
+                    h.end_fingerprint,
+                    h.end_response,
+                )
+                for h in ended
+            ]
+            await self.conn.execute(Q["update_reservations"], *_columns(changes, 10))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -234,10 +508,24 @@ class Unit:
         self._events.clear()
 
 
+def _restore(mapping: dict[Any, Any], key: Any, value: Any) -> None:
+    if value is _MISSING:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Row tuples as one list per column: the arrays a multi-row ``unnest`` statement takes."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
 @asynccontextmanager
 async def unit(pool: asyncpg.Pool) -> AsyncIterator[Unit]:
-    """One transaction; events are written as its last statement, just before the commit."""
+    """One transaction; everything queued is written just before the commit, the events last."""
     async with db.connection(pool) as conn, conn.transaction():
         u = Unit(conn)
         yield u
-        await u.flush()
+        await u.write()

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import db, ledger, pricing
 from .events import EventHub
+from .groupcommit import GroupCommit
 from .servicer import BudgetAuthority
 from .settings import Settings
 
@@ -53,6 +54,7 @@ class Authority:
     health: Any  # grpc_health's aio HealthServicer
     port: int
     sweeper: asyncio.Task[None]
+    holds: GroupCommit
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (load balancers drain), then finish calls in flight, then the pool."""
@@ -62,6 +64,7 @@ class Authority:
             await self.sweeper
         await self.hub.close()  # ends WatchEvents streams, so stop() need not wait the whole grace
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        await self.holds.close()
         await self.pool.close()
 
 
@@ -78,13 +81,14 @@ async def start(settings: Settings, dsn: str) -> Authority:
     pool = await db.create_pool(dsn, settings.pool_min, settings.pool_max)
     hub = EventHub(pool, dsn, settings.event_poll_seconds)
     await hub.start()
-    servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config))
+    holds = GroupCommit(pool, settings.max_batch)
+    servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config), holds)
     server, port, health_servicer = create_server(settings.listen, servicer)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_seconds), name="sweeper")
-    return Authority(settings, pool, hub, server, health_servicer, port, sweeper)
+    return Authority(settings, pool, hub, server, health_servicer, port, sweeper, holds)
 
 
 async def serve(settings: Settings, dsn: str) -> None:

@@ -116,10 +116,10 @@ async def _update(u: Unit, account: Account, spec: Spec) -> UpsertResult:
         start, end = periods.bounds(spec.period, spec.time_zone, u.now)
         await u.roll(account, start if start >= account.budget.period_end else u.now, end)
     elif spec.limit != old.limit:
-        await u.post(account, Posting("LIMIT_CHANGED", limit=spec.limit - old.limit))
+        u.post(account, Posting("LIMIT_CHANGED", limit=spec.limit - old.limit))
         u.emit(account, EventType.LIMIT_CHANGED, amount=spec.limit - old.limit)
     else:
-        await u.reassess(account, account.period, account.period.balance)
+        u.reassess(account, account.period, account.period.balance)
     return UpsertResult(BudgetView(account.budget, account.period), created=revived, changed=True)
 
 
@@ -205,7 +205,7 @@ async def _transfer(pool: asyncpg.Pool, cmd: c.Transfer, encode: Callable[[Budge
             (source, -1, target, "TRANSFER_OUT"),
             (target, 1, source, "TRANSFER_IN"),
         ):
-            await u.post(
+            u.post(
                 account,
                 Posting(
                     kind,

@@ -1,14 +1,16 @@
 """The hold-granting path: Reserve, Commit, Release, RecordCost and expiry.
 
-Each operation is one transaction under its budget's row lock. Decisions come from ``rules``;
-responses are encoded by the caller and stored with the row they answer, so that a retry with the
-same id replays the identical bytes. Kept in one module so that concurrent holds on one budget can
-later be applied together in one transaction.
+Each call becomes a :class:`Call`: a plan to apply under its budget's row lock. :func:`apply`
+applies any number of calls for one budget in one transaction, each decided in order against
+the balances the calls before it left, exactly as if it ran alone (group commit: see
+``groupcommit``). Decisions come from ``rules``; responses are encoded here and stored with the
+row they answer, so a retry with the same id replays the identical bytes, whether it arrives in
+a later transaction or in the same one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import asyncpg
@@ -16,9 +18,10 @@ from agentbudget import routing
 
 from . import commands as c
 from . import db, pricing, rules
-from .accounts import Account, Posting, Unit, unit
+from .accounts import Account, Hold, Posting, Reply, StoredKey, Unit, unit
 from .budgets import route_in
 from .errors import (
+    AuthorityError,
     BudgetExceeded,
     BudgetPaused,
     IdempotencyKeyReused,
@@ -47,6 +50,43 @@ class ChargeResult:
     remaining: int
 
 
+@dataclass(frozen=True)
+class Call:
+    """One call of the hold path, ready to be applied to its locked budget."""
+
+    budget: str
+    apply: Callable[[Unit, Account], Awaitable[Reply]]
+    reservation_id: str | None = None  # read ahead with the batch's other reservations
+    request_id: str | None = None  # a RecordCost's idempotency key, read ahead likewise
+
+
+async def apply(pool: asyncpg.Pool, budget: str, calls: Sequence[Call]) -> list[Reply]:
+    """Apply ``calls`` (all for ``budget``) in one transaction, in order; replies after the commit.
+
+    A call that fails for its caller's reason has its changes taken back and gets its error; the
+    others are not disturbed. Any other failure (the database) fails the whole transaction.
+    """
+    async with db.connection(pool) as conn, conn.transaction():
+        u = Unit(conn)
+        try:
+            account = await u.lock(budget)
+        except AuthorityError as exc:
+            return [Reply(error=exc) for _ in calls]
+        await u.load_holds(account, [x.reservation_id for x in calls if x.reservation_id])
+        if any(x.request_id for x in calls):
+            await u.load_keys(_charge_scope(account), [x.request_id for x in calls if x.request_id])
+        replies = []
+        for call in calls:
+            mark = u.mark()
+            try:
+                replies.append(await call.apply(u, account))
+            except AuthorityError as exc:
+                u.undo(mark)
+                replies.append(Reply(error=exc))
+        await u.write()
+    return replies
+
+
 def _check_currency(account: Account, currency: str | None, field: str) -> None:
     """A given amount must be in the budget's currency; a priced one is in the catalog's."""
     if currency is None:
@@ -66,13 +106,6 @@ def _check_currency(account: Account, currency: str | None, field: str) -> None:
         )
 
 
-async def reserve(
-    pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
-) -> bytes:
-    with sums_of("amount"):
-        return await _reserve(pool, cmd, encode, catalog)
-
-
 def _priced_hold(account: Account, cmd: c.Reserve, catalog: pricing.Catalog) -> tuple[c.Reserve, str]:
     """The hold with its model routed (a task class) and its amount priced (no amount given)."""
     details, tier = cmd.details, ""
@@ -83,40 +116,43 @@ def _priced_hold(account: Account, cmd: c.Reserve, catalog: pricing.Catalog) -> 
     return replace(cmd, amount=amount, details=details), tier
 
 
+# -- Reserve ---------------------------------------------------------------------------------------
+
+
+def reserve(cmd: c.Reserve, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog) -> Call:
+    async def run(u: Unit, account: Account) -> Reply:
+        with sums_of("amount"):
+            return await _reserve(u, account, cmd, encode, catalog)
+
+    return Call(cmd.budget, run, reservation_id=cmd.reservation_id)
+
+
 async def _reserve(
-    pool: asyncpg.Pool, cmd: c.Reserve, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
-) -> bytes:
-    denial: BudgetExceeded | None = None
-    async with unit(pool) as u:
-        account = await u.lock(cmd.budget)
-        existing = await u.conn.fetchrow(Q["get_reservation"], account.budget.id, cmd.reservation_id)
-        if existing is not None:
-            if existing["reserve_fingerprint"] == cmd.fingerprint:
-                return bytes(existing["reserve_response"])
-            raise IdempotencyKeyReused("reservation_id", cmd.reservation_id)
-        _check_currency(account, cmd.currency, "amount")
-        priced = cmd.amount is None
-        cmd, tier = _priced_hold(account, cmd, catalog)
-        assert cmd.amount is not None
+    u: Unit, account: Account, cmd: c.Reserve, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
+) -> Reply:
+    existing = await u.hold(account, cmd.reservation_id)
+    if existing is not None:
+        if existing.reserve_fingerprint == cmd.fingerprint:
+            return Reply(existing.reserve_response)
+        raise IdempotencyKeyReused("reservation_id", cmd.reservation_id)
+    _check_currency(account, cmd.currency, "amount")
+    priced = cmd.amount is None
+    cmd, tier = _priced_hold(account, cmd, catalog)
+    assert cmd.amount is not None
+    outcome = rules.decide_reserve(account.period.balance, account.budget.spec.paused, cmd.amount)
+    if outcome is ReserveOutcome.EXCEEDED and await u.expire_due(account):
         outcome = rules.decide_reserve(account.period.balance, account.budget.spec.paused, cmd.amount)
-        if outcome is ReserveOutcome.EXCEEDED and await u.expire_due(account):
-            outcome = rules.decide_reserve(account.period.balance, account.budget.spec.paused, cmd.amount)
-        if outcome is ReserveOutcome.PAUSED:
-            raise BudgetPaused(cmd.budget)
-        if outcome is ReserveOutcome.EXCEEDED:
-            assert cmd.amount is not None
-            remaining = account.period.balance.remaining
-            u.emit(account, EventType.RESERVATION_DENIED, amount=cmd.amount, reservation_id=cmd.reservation_id)
-            denial = BudgetExceeded(cmd.budget, cmd.amount, remaining, account.budget.spec.currency)
-        else:
-            version = catalog.version if priced else None
-            response = await _grant(u, account, cmd, encode, tier, version)
-    if denial is not None:
-        raise denial  # after the commit: the expiries and the denial event are kept
-    return response
+    if outcome is ReserveOutcome.PAUSED:
+        raise BudgetPaused(cmd.budget)
+    if outcome is ReserveOutcome.EXCEEDED:
+        remaining = account.period.balance.remaining
+        u.emit(account, EventType.RESERVATION_DENIED, amount=cmd.amount, reservation_id=cmd.reservation_id)
+        # A kept error: the expiries and the denial event are written; the same id may succeed later.
+        return Reply(error=BudgetExceeded(cmd.budget, cmd.amount, remaining, account.budget.spec.currency))
+    return Reply(_grant(u, account, cmd, encode, tier, catalog.version if priced else None))
 
 
-async def _grant(
+def _grant(
     u: Unit,
     account: Account,
     cmd: c.Reserve,
@@ -125,7 +161,6 @@ async def _grant(
     catalog_version: str | None,
 ) -> bytes:
     assert u.now is not None and cmd.amount is not None
-    expires = u.now + cmd.ttl
     posting = Posting(
         "HOLD",
         held=cmd.amount,
@@ -133,226 +168,213 @@ async def _grant(
         details=cmd.details,
         catalog_version=catalog_version,
     )
-    await u.post(account, posting)
-    view = ReservationView(
-        budget=cmd.budget,
-        currency=account.budget.spec.currency,
+    u.post(account, posting)
+    hold = Hold(
+        budget_id=account.budget.id,
         reservation_id=cmd.reservation_id,
-        amount=cmd.amount,
+        period_start=account.period.start,
+        amount_nanos=cmd.amount,
         state="ACTIVE",
         created_at=u.now,
-        expires_at=expires,
+        expires_at=u.now + cmd.ttl,
         ended_at=None,
-        committed=None,
+        committed_nanos=None,
         overrun=False,
         late=False,
-        period_start=account.period.start,
-        details=cmd.details,
+        details=cmd.details.to_json(),
+        reserve_fingerprint=cmd.fingerprint,
+        reserve_response=b"",
+        new=True,
     )
+    view = hold.view(cmd.budget, account.budget.spec.currency)
     response = encode(HoldResult(view, account.period.balance.remaining, cmd.details.model or "", tier))
-    await u.conn.execute(
-        Q["insert_reservation"],
-        account.budget.id,
-        cmd.reservation_id,
-        account.period.start,
-        cmd.amount,
-        u.now,
-        expires,
-        cmd.details.to_json(),
-        cmd.fingerprint,
-        response,
-    )
+    u.put_hold(replace(hold, reserve_response=response))
     return response
+
+
+# -- Commit and Release ----------------------------------------------------------------------------
 
 
 async def _ending(
     u: Unit, account: Account, reservation_id: str, fingerprint: bytes, same_operation_state: str
-) -> tuple[asyncpg.Record, bytes | None]:
+) -> tuple[Hold, bytes | None]:
     """The reservation, and the stored response if this call replays its ending."""
-    row = await u.conn.fetchrow(Q["get_reservation"], account.budget.id, reservation_id)
-    if row is None:
+    hold = await u.hold(account, reservation_id)
+    if hold is None:
         raise ReservationNotFound(account.budget.name, reservation_id)
-    if row["end_fingerprint"] is not None:
-        if row["end_fingerprint"] == fingerprint:
-            return row, bytes(row["end_response"])
-        if row["state"] == same_operation_state:
+    if hold.end_fingerprint is not None:
+        if hold.end_fingerprint == fingerprint:
+            assert hold.end_response is not None
+            return hold, hold.end_response
+        if hold.state == same_operation_state:
             raise IdempotencyKeyReused("reservation_id", reservation_id)
-        raise ReservationEnded(reservation_id, row["state"])
-    return row, None
+        raise ReservationEnded(reservation_id, hold.state)
+    return hold, None
 
 
-async def commit(
-    pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
-) -> bytes:
-    with sums_of("actual"):
-        return await _commit(pool, cmd, encode, catalog)
+def _ended(u: Unit, account: Account, ended: Hold, encode: Callable[[HoldResult], bytes]) -> bytes:
+    """Store an ended hold with its response (for replays) and return the response."""
+    view = ended.view(account.budget.name, account.budget.spec.currency)
+    response = encode(HoldResult(view, account.period.balance.remaining))
+    u.put_hold(replace(ended, end_response=response))
+    return response
+
+
+def commit(cmd: c.Commit, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog) -> Call:
+    async def run(u: Unit, account: Account) -> Reply:
+        with sums_of("actual"):
+            return Reply(await _commit(u, account, cmd, encode, catalog))
+
+    return Call(cmd.budget, run, reservation_id=cmd.reservation_id)
 
 
 async def _commit(
-    pool: asyncpg.Pool, cmd: c.Commit, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
+    u: Unit, account: Account, cmd: c.Commit, encode: Callable[[HoldResult], bytes], catalog: pricing.Catalog
 ) -> bytes:
-    async with unit(pool) as u:
-        account = await u.lock(cmd.budget)
-        row, replay = await _ending(u, account, cmd.reservation_id, cmd.fingerprint, "COMMITTED")
-        if replay is not None:
-            return replay
-        _check_currency(account, cmd.currency, "actual")
-        assert u.now is not None
-        hold = row["amount_nanos"]
-        already_expired = row["state"] == "EXPIRED"
-        period = None
-        if row["period_start"] != account.period.start:
-            period = await u.period_of(account.budget, row["period_start"])
-        target = period or account.period
-        details = ReservationView.from_record(row, cmd.budget, "").details.merged(cmd.details)
-        version = None
-        if cmd.actual is None:  # priced from the usage (the reserve's model carries over)
-            cmd, version = replace(cmd, actual=catalog.cost(details, "actual")), catalog.version
-        assert cmd.actual is not None
-        plan = rules.plan_commit(hold, cmd.actual, already_expired, row["expires_at"] <= u.now)
-        overrun = plan.overrun or checked_sum(target.balance.spent, cmd.actual) > target.balance.limit
-        if plan.expire_first:
-            await u.post(account, Posting("EXPIRY", held=-hold, reservation_id=cmd.reservation_id), period)
-        await u.post(
-            account,
-            Posting(
-                "CHARGE" if plan.late else "COMMIT",
-                spent=cmd.actual,
-                held=0 if plan.late else -hold,
-                reservation_id=cmd.reservation_id,
-                overrun=overrun,
-                late=plan.late,
-                details=details,
-                catalog_version=version,
-            ),
-            period,
-        )
-        if overrun and period is None:
-            u.emit(account, EventType.OVERRUN, amount=cmd.actual - hold, reservation_id=cmd.reservation_id)
-        view = ReservationView(
-            budget=cmd.budget,
-            currency=account.budget.spec.currency,
+    hold, replay = await _ending(u, account, cmd.reservation_id, cmd.fingerprint, "COMMITTED")
+    if replay is not None:
+        return replay
+    _check_currency(account, cmd.currency, "actual")
+    assert u.now is not None
+    amount = hold.amount_nanos
+    period = None
+    if hold.period_start != account.period.start:
+        period = await u.period_of(account.budget, hold.period_start)
+    target = period or account.period
+    details = hold.view(cmd.budget, "").details.merged(cmd.details)
+    version = None
+    if cmd.actual is None:  # priced from the usage (the reserve's model carries over)
+        cmd, version = replace(cmd, actual=catalog.cost(details, "actual")), catalog.version
+    assert cmd.actual is not None
+    plan = rules.plan_commit(amount, cmd.actual, hold.state == "EXPIRED", hold.expires_at <= u.now)
+    overrun = plan.overrun or checked_sum(target.balance.spent, cmd.actual) > target.balance.limit
+    if plan.expire_first:
+        u.post(account, Posting("EXPIRY", held=-amount, reservation_id=cmd.reservation_id), period)
+    u.post(
+        account,
+        Posting(
+            "CHARGE" if plan.late else "COMMIT",
+            spent=cmd.actual,
+            held=0 if plan.late else -amount,
             reservation_id=cmd.reservation_id,
-            amount=hold,
-            state="COMMITTED",
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-            ended_at=u.now,
-            committed=cmd.actual,
             overrun=overrun,
             late=plan.late,
-            period_start=row["period_start"],
             details=details,
-        )
-        response = encode(HoldResult(view, account.period.balance.remaining))
-        await u.conn.execute(
-            Q["end_reservation"],
-            account.budget.id,
-            cmd.reservation_id,
-            "COMMITTED",
-            u.now,
-            cmd.actual,
-            overrun,
-            plan.late,
-            details.to_json(),
-            cmd.fingerprint,
-            response,
-        )
-        return response
+            catalog_version=version,
+        ),
+        period,
+    )
+    if overrun and period is None:
+        u.emit(account, EventType.OVERRUN, amount=cmd.actual - amount, reservation_id=cmd.reservation_id)
+    ended = replace(
+        hold,
+        state="COMMITTED",
+        ended_at=u.now,
+        committed_nanos=cmd.actual,
+        overrun=overrun,
+        late=plan.late,
+        details=details.to_json(),
+        end_fingerprint=cmd.fingerprint,
+    )
+    return _ended(u, account, ended, encode)
 
 
-async def release(pool: asyncpg.Pool, cmd: c.Release, encode: Callable[[HoldResult], bytes]) -> bytes:
-    async with unit(pool) as u:
-        account = await u.lock(cmd.budget)
-        row, replay = await _ending(u, account, cmd.reservation_id, cmd.fingerprint, "RELEASED")
-        if replay is not None:
-            return replay
-        if row["state"] != "ACTIVE":
-            raise ReservationEnded(cmd.reservation_id, row["state"])
-        period = None
-        if row["period_start"] != account.period.start:
-            period = await u.period_of(account.budget, row["period_start"])
-        hold = row["amount_nanos"]
-        await u.post(account, Posting("RELEASE", held=-hold, reservation_id=cmd.reservation_id), period)
-        assert u.now is not None
-        view = ReservationView.from_record(row, cmd.budget, account.budget.spec.currency)
-        view = replace(view, state="RELEASED", ended_at=u.now)
-        response = encode(HoldResult(view, account.period.balance.remaining))
-        await u.conn.execute(
-            Q["end_reservation"],
-            account.budget.id,
-            cmd.reservation_id,
-            "RELEASED",
-            u.now,
-            None,
-            False,
-            False,
-            view.details.to_json(),
-            cmd.fingerprint,
-            response,
-        )
-        return response
+def release(cmd: c.Release, encode: Callable[[HoldResult], bytes]) -> Call:
+    async def run(u: Unit, account: Account) -> Reply:
+        return Reply(await _release(u, account, cmd, encode))
+
+    return Call(cmd.budget, run, reservation_id=cmd.reservation_id)
 
 
-async def record_cost(
-    pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes], catalog: pricing.Catalog
-) -> bytes:
-    with sums_of("amount"):
-        return await _record_cost(pool, cmd, encode, catalog)
+async def _release(u: Unit, account: Account, cmd: c.Release, encode: Callable[[HoldResult], bytes]) -> bytes:
+    hold, replay = await _ending(u, account, cmd.reservation_id, cmd.fingerprint, "RELEASED")
+    if replay is not None:
+        return replay
+    if hold.state != "ACTIVE":
+        raise ReservationEnded(cmd.reservation_id, hold.state)
+    period = None
+    if hold.period_start != account.period.start:
+        period = await u.period_of(account.budget, hold.period_start)
+    u.post(account, Posting("RELEASE", held=-hold.amount_nanos, reservation_id=cmd.reservation_id), period)
+    assert u.now is not None
+    ended = replace(hold, state="RELEASED", ended_at=u.now, end_fingerprint=cmd.fingerprint)
+    return _ended(u, account, ended, encode)
+
+
+# -- RecordCost ------------------------------------------------------------------------------------
+
+
+def _charge_scope(account: Account) -> str:
+    return f"charge:{account.budget.id}"
+
+
+def record_cost(cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes], catalog: pricing.Catalog) -> Call:
+    async def run(u: Unit, account: Account) -> Reply:
+        with sums_of("amount"):
+            return await _record_cost(u, account, cmd, encode, catalog)
+
+    return Call(cmd.budget, run, request_id=cmd.request_id)
 
 
 async def _record_cost(
-    pool: asyncpg.Pool, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes], catalog: pricing.Catalog
-) -> bytes:
-    async with unit(pool) as u:
-        account = await u.lock(cmd.budget)
-        scope = f"charge:{account.budget.id}"
-        key = await u.conn.fetchrow(Q["get_idempotency_key"], scope, cmd.request_id)
-        if key is not None:
-            if key["fingerprint"] == cmd.fingerprint:
-                return bytes(key["response"])
-            raise IdempotencyKeyReused("request_id", cmd.request_id)
-        _check_currency(account, cmd.currency, "amount")
-        version = None
-        if cmd.amount is None:
-            cmd, version = replace(cmd, amount=catalog.cost(cmd.details)), catalog.version
-        assert cmd.amount is not None
-        balance = account.period.balance
-        overrun = checked_sum(balance.spent, cmd.amount) > balance.limit
-        posting = Posting(
-            "CHARGE",
-            spent=cmd.amount,
-            request_id=cmd.request_id,
-            overrun=overrun,
-            details=cmd.details,
-            catalog_version=version,
-        )
-        entry_id = await u.post(account, posting)
-        if overrun:
-            u.emit(account, EventType.OVERRUN, amount=cmd.amount)
-        assert u.now is not None
-        entry = Entry(
-            id=entry_id,
-            budget=cmd.budget,
-            currency=account.budget.spec.currency,
-            entry_type="CHARGE",
-            created_at=u.now,
-            period_start=account.period.start,
-            spent_delta=cmd.amount,
-            held_delta=0,
-            limit_delta=0,
-            reservation_id=None,
-            request_id=cmd.request_id,
-            overrun=overrun,
-            late=False,
-            details=cmd.details,
-            counterparty=None,
-            reason=None,
-            catalog_version=version,
-        )
-        response = encode(ChargeResult(entry, account.period.balance.remaining))
-        await u.conn.execute(Q["insert_idempotency_key"], scope, cmd.request_id, cmd.fingerprint, response)
-        return response
+    u: Unit, account: Account, cmd: c.RecordCost, encode: Callable[[ChargeResult], bytes], catalog: pricing.Catalog
+) -> Reply:
+    scope = _charge_scope(account)
+    stored = await u.key(scope, cmd.request_id)
+    if stored is not None:
+        if stored.fingerprint == cmd.fingerprint:
+            return stored.reply  # the same object as the first call's, filled in when written
+        raise IdempotencyKeyReused("request_id", cmd.request_id)
+    _check_currency(account, cmd.currency, "amount")
+    version = None
+    if cmd.amount is None:
+        cmd, version = replace(cmd, amount=catalog.cost(cmd.details)), catalog.version
+    amount = cmd.amount
+    assert amount is not None and u.now is not None
+    balance = account.period.balance
+    overrun = checked_sum(balance.spent, amount) > balance.limit
+    posting = Posting(
+        "CHARGE",
+        spent=amount,
+        request_id=cmd.request_id,
+        overrun=overrun,
+        details=cmd.details,
+        catalog_version=version,
+    )
+    ref = u.post(account, posting)
+    if overrun:
+        u.emit(account, EventType.OVERRUN, amount=amount)
+    entry = Entry(
+        id=0,
+        budget=cmd.budget,
+        currency=account.budget.spec.currency,
+        entry_type="CHARGE",
+        created_at=u.now,
+        period_start=account.period.start,
+        spent_delta=amount,
+        held_delta=0,
+        limit_delta=0,
+        reservation_id=None,
+        request_id=cmd.request_id,
+        overrun=overrun,
+        late=False,
+        details=cmd.details,
+        counterparty=None,
+        reason=None,
+        catalog_version=version,
+    )
+    reply, remaining = Reply(), account.period.balance.remaining
+
+    def encode_with_id() -> None:  # the response names the entry, whose id the write assigns
+        assert ref.id is not None
+        reply.data = encode(ChargeResult(replace(entry, id=ref.id), remaining))
+
+    u.when_written(encode_with_id)
+    u.put_key(scope, cmd.request_id, StoredKey(cmd.fingerprint, reply))
+    return reply
+
+
+# -- expiry ----------------------------------------------------------------------------------------
 
 
 async def sweep(pool: asyncpg.Pool, batch: int = 100) -> int:

@@ -13,6 +13,7 @@ from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from . import budgets, ledger, pricing, validate, wire
 from .errors import ShuttingDown
 from .events import EventHub
+from .groupcommit import GroupCommit
 from .settings import Settings
 from .status import classify, to_status
 
@@ -33,8 +34,11 @@ def unary(fn: Handler[T]) -> Handler[T]:
 
 
 class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
-    def __init__(self, pool: asyncpg.Pool, hub: EventHub, settings: Settings, catalog: pricing.Catalog) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, hub: EventHub, settings: Settings, catalog: pricing.Catalog, holds: GroupCommit
+    ) -> None:
         self.pool = pool
+        self.holds = holds
         self.hub = hub
         self.settings = settings
         self.catalog = catalog
@@ -44,26 +48,26 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
         s = self.settings
         cmd = validate.reserve(request, s.default_ttl, s.min_ttl, s.max_ttl)
         encode = functools.partial(wire.hold_response, pb.ReserveResponse)
-        data = await ledger.reserve(self.pool, cmd, encode, self.catalog)
+        data = await self.holds.submit(ledger.reserve(cmd, encode, self.catalog))
         return pb.ReserveResponse.FromString(data)
 
     @unary
     async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
         cmd = validate.commit(request)
         encode = functools.partial(wire.hold_response, pb.CommitResponse)
-        data = await ledger.commit(self.pool, cmd, encode, self.catalog)
+        data = await self.holds.submit(ledger.commit(cmd, encode, self.catalog))
         return pb.CommitResponse.FromString(data)
 
     @unary
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
         cmd = validate.release(request)
-        data = await ledger.release(self.pool, cmd, functools.partial(wire.hold_response, pb.ReleaseResponse))
+        data = await self.holds.submit(ledger.release(cmd, functools.partial(wire.hold_response, pb.ReleaseResponse)))
         return pb.ReleaseResponse.FromString(data)
 
     @unary
     async def RecordCost(self, request: pb.RecordCostRequest, context: Any) -> pb.RecordCostResponse:
         cmd = validate.record_cost(request)
-        data = await ledger.record_cost(self.pool, cmd, wire.charge_response, self.catalog)
+        data = await self.holds.submit(ledger.record_cost(cmd, wire.charge_response, self.catalog))
         return pb.RecordCostResponse.FromString(data)
 
     @unary

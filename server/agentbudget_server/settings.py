@@ -32,6 +32,10 @@ class Settings:
     ready_file: str = ""  # written with the bound port once serving (for supervisors and tests)
     # YAML or JSON: model price overrides, sandbox classes, external APIs (a mounted ConfigMap).
     price_config: str = ""
+    # Group commit: at most this many calls for one budget per transaction; 1 turns it off.
+    max_batch: int = 256
+    # Server processes sharing the port (SO_REUSEPORT); serve only.
+    workers: int = 1
 
     @property
     def default_ttl(self) -> timedelta:
@@ -54,6 +58,10 @@ class Settings:
             raise ValueError("intervals must be positive")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
+        if not 1 <= self.max_batch <= 10_000:
+            raise ValueError("max_batch must be between 1 and 10000")
+        if not 1 <= self.workers <= 64:
+            raise ValueError("workers must be between 1 and 64")
         if ":" not in self.listen:
             raise ValueError("listen must be host:port")
         return self

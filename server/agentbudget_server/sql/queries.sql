@@ -67,36 +67,62 @@ UPDATE budget_periods
 SET limit_nanos = $3, spent_nanos = $4, held_nanos = $5, crossed_ppm = $6, phase = $7
 WHERE budget_id = $1 AND period_start = $2;
 
--- name: get_reservation
-SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = $2;
+-- name: get_reservations
+SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = ANY ($2::text[]);
 
--- name: insert_reservation
-INSERT INTO reservations (budget_id, reservation_id, period_start, amount_nanos, state, created_at,
-                          expires_at, details, reserve_fingerprint, reserve_response)
-VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6, $7::jsonb, $8, $9);
-
--- name: end_reservation
-UPDATE reservations
-SET state = $3, ended_at = $4, committed_nanos = $5, overrun = $6, late = $7, details = $8::jsonb,
-    end_fingerprint = $9, end_response = $10
-WHERE budget_id = $1 AND reservation_id = $2;
-
--- name: expire_due_holds
--- Only ACTIVE holds change state, under the budget's lock: a hold can expire only once.
-UPDATE reservations
-SET state = 'EXPIRED', ended_at = $2
+-- name: due_holds
+-- Read under the budget's lock; the unit ends them in memory and writes them with the rest.
+SELECT * FROM reservations
 WHERE budget_id = $1 AND state = 'ACTIVE' AND expires_at <= $2
-RETURNING reservation_id, period_start, amount_nanos;
+ORDER BY expires_at, reservation_id;
 
--- name: insert_entry
+-- name: insert_reservations
+-- Holds granted in this transaction, in their final state (one may have ended in the same batch).
+INSERT INTO reservations (budget_id, reservation_id, period_start, amount_nanos, state, created_at,
+                          expires_at, ended_at, committed_nanos, overrun, late, details,
+                          reserve_fingerprint, reserve_response, end_fingerprint, end_response)
+SELECT r.budget_id, r.reservation_id, r.period_start, r.amount_nanos, r.state, r.created_at, r.expires_at,
+       r.ended_at, r.committed_nanos, r.overrun, r.late, r.details::jsonb, r.reserve_fingerprint,
+       r.reserve_response, r.end_fingerprint, r.end_response
+FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[], $6::timestamptz[],
+            $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::boolean[], $11::boolean[], $12::text[],
+            $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[])
+     AS r (budget_id, reservation_id, period_start, amount_nanos, state, created_at, expires_at, ended_at,
+           committed_nanos, overrun, late, details, reserve_fingerprint, reserve_response, end_fingerprint,
+           end_response);
+
+-- name: update_reservations
+-- Holds that existed before this transaction and ended in it.
+UPDATE reservations r
+SET state = u.state, ended_at = u.ended_at, committed_nanos = u.committed_nanos, overrun = u.overrun,
+    late = u.late, details = u.details::jsonb, end_fingerprint = u.end_fingerprint, end_response = u.end_response
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::boolean[],
+            $7::boolean[], $8::text[], $9::bytea[], $10::bytea[])
+     AS u (budget_id, reservation_id, state, ended_at, committed_nanos, overrun, late, details, end_fingerprint,
+           end_response)
+WHERE r.budget_id = u.budget_id AND r.reservation_id = u.reservation_id;
+
+-- name: insert_entries
+-- Every ledger row of a transaction in one statement, in the order of the arrays.
 INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spent_delta, held_delta,
                             limit_delta, reservation_id, request_id, overrun, late, kind, model,
                             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
                             sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
                             catalog_version, counterparty, reason, reasoning_tokens, sandbox_class,
                             provider)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-        $22, $23::jsonb, $24, $25, $26, $27, $28, $29)
+SELECT e.budget_id, e.period_start, e.entry_type, $1, e.spent_delta, e.held_delta, e.limit_delta,
+       e.reservation_id, e.request_id, e.overrun, e.late, e.kind, e.model, e.input_tokens, e.output_tokens,
+       e.cache_read_tokens, e.cache_write_tokens, e.sandbox_nanos, e.api_name, e.api_calls, e.task_id,
+       e.task_type, e.labels::jsonb, e.catalog_version, e.counterparty, e.reason, e.reasoning_tokens,
+       e.sandbox_class, e.provider
+FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[],
+            $9::text[], $10::boolean[], $11::boolean[], $12::text[], $13::text[], $14::bigint[], $15::bigint[],
+            $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::bigint[], $21::text[], $22::text[],
+            $23::text[], $24::text[], $25::text[], $26::text[], $27::bigint[], $28::text[], $29::text[])
+     AS e (budget_id, period_start, entry_type, spent_delta, held_delta, limit_delta, reservation_id,
+           request_id, overrun, late, kind, model, input_tokens, output_tokens, cache_read_tokens,
+           cache_write_tokens, sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
+           catalog_version, counterparty, reason, reasoning_tokens, sandbox_class, provider)
 RETURNING id;
 
 -- name: get_idempotency_key
@@ -104,6 +130,13 @@ SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_
 
 -- name: insert_idempotency_key
 INSERT INTO idempotency_keys (scope, request_id, fingerprint, response) VALUES ($1, $2, $3, $4);
+
+-- name: get_idempotency_keys
+SELECT request_id, fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_id = ANY ($2::text[]);
+
+-- name: insert_idempotency_keys
+INSERT INTO idempotency_keys (scope, request_id, fingerprint, response)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]);
 
 -- name: insert_events
 -- Taking the counter row last serialises only the final moments of event-writing transactions,

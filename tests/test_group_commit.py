@@ -1,0 +1,288 @@
+"""Group commit: many calls for one budget in one transaction, each answered as if it ran alone."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from agentbudget.v1 import budget_authority_pb2 as pb
+from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+from agentbudget_server import app, ledger, pricing, validate, wire
+from agentbudget_server.accounts import Reply
+from conftest import audit, dsn_for, expect_error, make_budget, server_settings, until, usd
+from google.protobuf.message import Message
+
+B = "team/hot"
+Code = grpc.StatusCode
+CATALOG = pricing.load("")
+SETTINGS = server_settings()
+
+Request = pb.ReserveRequest | pb.CommitRequest | pb.ReleaseRequest | pb.RecordCostRequest
+
+
+def as_call(req: Request) -> ledger.Call:
+    """What the servicer builds from a request (the same validate / ledger / wire functions)."""
+    s = SETTINGS
+    if isinstance(req, pb.ReserveRequest):
+        enc = functools.partial(wire.hold_response, pb.ReserveResponse)
+        return ledger.reserve(validate.reserve(req, s.default_ttl, s.min_ttl, s.max_ttl), enc, CATALOG)
+    if isinstance(req, pb.CommitRequest):
+        return ledger.commit(validate.commit(req), functools.partial(wire.hold_response, pb.CommitResponse), CATALOG)
+    if isinstance(req, pb.ReleaseRequest):
+        return ledger.release(validate.release(req), functools.partial(wire.hold_response, pb.ReleaseResponse))
+    return ledger.record_cost(validate.record_cost(req), wire.charge_response, CATALOG)
+
+
+RESPONSES: dict[type, type[Message]] = {
+    pb.ReserveRequest: pb.ReserveResponse,
+    pb.CommitRequest: pb.CommitResponse,
+    pb.ReleaseRequest: pb.ReleaseResponse,
+    pb.RecordCostRequest: pb.RecordCostResponse,
+}
+
+
+def script(seed: int, n: int = 160) -> list[Request]:
+    """Interleaved reserves, commits (under, equal, over), releases, direct charges, exact replays,
+    conflicting replays and calls on unknown or ended reservations, on a budget they overrun."""
+    rng = random.Random(seed)
+    out: list[Request] = []
+    rids: list[str] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.35 or not rids:
+            rid = f"r{i}"
+            rids.append(rid)
+            out.append(pb.ReserveRequest(budget=B, reservation_id=rid, amount=usd(f"{rng.randint(1, 300) / 100}")))
+        elif roll < 0.55:
+            actual = f"{rng.choice([0, 50, 100, 150, 400]) / 100}"
+            out.append(pb.CommitRequest(budget=B, reservation_id=rng.choice(rids), actual=usd(actual)))
+        elif roll < 0.65:
+            out.append(pb.ReleaseRequest(budget=B, reservation_id=rng.choice(rids)))
+        elif roll < 0.75:
+            rid = f"c{rng.randint(0, 8)}"  # some request ids come back: replays and conflicts
+            out.append(pb.RecordCostRequest(budget=B, request_id=rid, amount=usd(f"{rng.randint(0, 60) / 100}")))
+        elif roll < 0.9 and out:
+            out.append(rng.choice(out))  # an exact retry of any earlier call
+        elif roll < 0.95:
+            out.append(pb.ReserveRequest(budget=B, reservation_id=rng.choice(rids), amount=usd("0.01")))
+        else:
+            out.append(pb.CommitRequest(budget=B, reservation_id=f"missing{i}", actual=usd("1")))
+    return out
+
+
+TIMES = ("create_time", "expire_time", "end_time")
+
+
+def normalised(req: Request, reply: Reply) -> tuple[Any, ...]:
+    """A reply with its timestamps cleared: one transaction and many have different clocks."""
+    if reply.error is not None:
+        return ("error", type(reply.error).__name__, str(reply.error))
+    assert reply.data is not None
+    msg = RESPONSES[type(req)].FromString(reply.data)
+    for holder in ("reservation", "entry"):
+        if holder in msg.DESCRIPTOR.fields_by_name and msg.HasField(holder):
+            part = getattr(msg, holder)
+            for t in TIMES:
+                if t in part.DESCRIPTOR.fields_by_name:
+                    part.ClearField(t)
+    return ("ok", msg.SerializeToString(deterministic=True))
+
+
+@dataclass
+class Outcome:
+    replies: list[tuple[Any, ...]]
+    entries: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    holds: list[tuple[Any, ...]]
+    balance: tuple[Any, ...]
+
+
+async def outcome(dsn: str, replies: list[tuple[Any, ...]]) -> Outcome:
+    conn = await asyncpg.connect(dsn)
+    try:
+        entries = await conn.fetch(
+            "SELECT id, entry_type, spent_delta, held_delta, limit_delta, reservation_id, request_id, overrun, late"
+            " FROM ledger_entries ORDER BY id"
+        )
+        events = await conn.fetch("SELECT id, event_type, payload - 'period_start' AS p FROM events ORDER BY id")
+        holds = await conn.fetch(
+            "SELECT reservation_id, state, amount_nanos, committed_nanos, overrun, late, end_response IS NULL"
+            " FROM reservations ORDER BY reservation_id"
+        )
+        balance = await conn.fetchrow(
+            "SELECT limit_nanos, spent_nanos, held_nanos, crossed_ppm, phase FROM budget_periods"
+        )
+    finally:
+        await conn.close()
+    assert balance is not None
+    return Outcome(
+        replies,
+        [tuple(r) for r in entries],
+        [tuple(r) for r in events],
+        [tuple(r) for r in holds],
+        tuple(balance),
+    )
+
+
+async def twin_db(dsn: str) -> str:
+    """A second database with the same content (a clone of the first, before any call)."""
+    name = dsn.rsplit("/", 1)[1] + "_twin"
+    conn = await asyncpg.connect(dsn_for("postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{dsn.rsplit("/", 1)[1]}"')
+    finally:
+        await conn.close()
+    return dsn_for(name)
+
+
+async def drop_db(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn_for("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_one_transaction_answers_every_call_as_the_same_calls_one_by_one(dsn, seed):
+    a = await app.start(server_settings(), dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            await make_budget(pb_grpc.BudgetAuthorityStub(ch), name=B, limit="25")
+    finally:
+        await a.stop(grace=0.5)
+    twin = await twin_db(dsn)
+    try:
+        requests = script(seed)
+        one = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        many = await asyncpg.create_pool(twin, min_size=1, max_size=2)
+        try:
+            batched = await ledger.apply(one, B, [as_call(r) for r in requests])
+            sequential = [(await ledger.apply(many, B, [as_call(r)]))[0] for r in requests]
+        finally:
+            await one.close()
+            await many.close()
+        together = await outcome(dsn, [normalised(r, x) for r, x in zip(requests, batched, strict=True)])
+        alone = await outcome(twin, [normalised(r, x) for r, x in zip(requests, sequential, strict=True)])
+        kinds = {x[0] if x[0] == "ok" else x[1] for x in together.replies}
+        # The script reaches every path: grants, denials, replays, conflicts, unknown and ended holds.
+        assert {"ok", "BudgetExceeded", "IdempotencyKeyReused", "ReservationNotFound", "ReservationEnded"} <= kinds
+        for i, (x, y) in enumerate(zip(together.replies, alone.replies, strict=True)):
+            assert x == y, f"call {i} ({type(requests[i]).__name__}) answered differently"
+        assert together.entries == alone.entries
+        assert together.events == alone.events
+        assert together.holds == alone.holds
+        assert together.balance == alone.balance
+        assert await audit(dsn) == [] and await audit(twin) == []
+    finally:
+        await drop_db(twin)
+
+
+async def test_concurrent_reserves_on_one_budget_share_transactions_and_never_overspend(authority, stub, dsn):
+    await make_budget(stub, name=B, limit="40")
+    before = authority.holds.transactions
+    calls = [stub.Reserve(pb.ReserveRequest(budget=B, reservation_id=f"r{i}", amount=usd("1"))) for i in range(64)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    granted = [r for r in results if isinstance(r, pb.ReserveResponse)]
+    denied = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(granted) == 40 and len(denied) == 24
+    assert {e.code() for e in denied} == {Code.RESOURCE_EXHAUSTED}
+    assert sorted(g.remaining.units for g in granted) == list(range(40))  # each saw the ones before it
+    assert authority.holds.transactions - before < 64  # calls were grouped
+    assert await audit(dsn) == []
+
+
+async def hold_budget_lock(dsn: str, name: str) -> tuple[asyncpg.Connection, Any]:
+    """Another transaction holding a budget's row lock, as a slow writer on another replica would."""
+    conn = await asyncpg.connect(dsn)
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("SELECT 1 FROM budgets WHERE name = $1 FOR UPDATE", name)
+    return conn, tx
+
+
+async def waiting_on_lock(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_budget_waiting_for_its_lock_does_not_hold_up_another(authority, stub, dsn):
+    await make_budget(stub, name="team/slow", limit="10")
+    await make_budget(stub, name="team/fast", limit="10")
+    conn, tx = await hold_budget_lock(dsn, "team/slow")
+    try:
+        slow = asyncio.ensure_future(
+            stub.Reserve(pb.ReserveRequest(budget="team/slow", reservation_id="s", amount=usd("1")))
+        )
+        await until(lambda: waiting_on_lock(dsn), 1)
+        fast = await stub.Reserve(pb.ReserveRequest(budget="team/fast", reservation_id="f", amount=usd("1")))
+        assert fast.reservation.state == pb.RESERVATION_ACTIVE
+        assert not slow.done()
+    finally:
+        await tx.rollback()
+        await conn.close()
+    assert (await slow).reservation.state == pb.RESERVATION_ACTIVE
+
+
+async def test_no_call_is_answered_before_its_transaction_commits(authority, stub, dsn):
+    """Calls queued behind a blocked transaction get their answers only once theirs has committed."""
+    await make_budget(stub, name=B, limit="10")
+    conn, tx = await hold_budget_lock(dsn, B)
+    try:
+        first = asyncio.ensure_future(stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="a", amount=usd("1"))))
+        await until(lambda: waiting_on_lock(dsn), 1)
+        queued = [
+            asyncio.ensure_future(stub.Reserve(pb.ReserveRequest(budget=B, reservation_id=f"q{i}", amount=usd("1"))))
+            for i in range(5)
+        ]
+        await until(lambda: _queued(authority, B), 5)
+        assert not first.done() and not any(q.done() for q in queued)
+        assert await conn.fetchval("SELECT count(*) FROM reservations") == 0
+    finally:
+        await tx.rollback()
+        await conn.close()
+    replies = [await first, *[await q for q in queued]]
+    assert [r.reservation.state for r in replies] == [pb.RESERVATION_ACTIVE] * 6
+    check = await asyncpg.connect(dsn)
+    try:  # everything answered is durable
+        assert await check.fetchval("SELECT count(*) FROM reservations WHERE state = 'ACTIVE'") == 6
+    finally:
+        await check.close()
+
+
+async def _queued(authority: app.Authority, budget: str) -> int:
+    queue = authority.holds._queues.get(budget)
+    return 0 if queue is None else len(queue)
+
+
+async def test_grouping_off_is_one_transaction_per_call(dsn):
+    a = await app.start(server_settings(max_batch=1), dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            stub = pb_grpc.BudgetAuthorityStub(ch)
+            await make_budget(stub, name=B, limit="5")
+            calls = [
+                stub.Reserve(pb.ReserveRequest(budget=B, reservation_id=f"r{i}", amount=usd("1"))) for i in range(8)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert sum(isinstance(r, pb.ReserveResponse) for r in results) == 5
+            assert a.holds.transactions == 8
+            await expect_error(
+                stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="x", amount=usd("1"))),
+                Code.RESOURCE_EXHAUSTED,
+                "BUDGET_EXCEEDED",
+            )
+    finally:
+        await a.stop(grace=0.5)
+    assert await audit(dsn) == []
