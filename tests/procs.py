@@ -12,6 +12,8 @@ deadline (and give up early, with the server's log, if the process exits first).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -123,9 +125,10 @@ class ServerProcess:
         return await self.wait_ready_async(timeout)
 
     def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would; reaps the process."""
+        """SIGKILL to its whole process group (workers included), as a crash or OOM kill would."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: start_new_session
             self.proc.wait()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:

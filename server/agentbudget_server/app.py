@@ -29,9 +29,15 @@ HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
-def create_server(address: str, servicer: BudgetAuthority) -> tuple[grpc.aio.Server, int, Any]:
-    """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+def create_server(
+    address: str, servicer: BudgetAuthority, *, reuse_port: bool = False
+) -> tuple[grpc.aio.Server, int, Any]:
+    """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port.
+
+    ``reuse_port`` lets worker processes share one port; otherwise a port in use is an error, not
+    a silent share with whatever holds it.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
     pb_grpc.add_BudgetAuthorityServicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -77,13 +83,13 @@ async def _sweep_forever(pool: asyncpg.Pool, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def start(settings: Settings, dsn: str) -> Authority:
+async def start(settings: Settings, dsn: str, *, reuse_port: bool = False) -> Authority:
     pool = await db.create_pool(dsn, settings.pool_min, settings.pool_max)
     hub = EventHub(pool, dsn, settings.event_poll_seconds)
     await hub.start()
     holds = GroupCommit(pool, settings.max_batch)
     servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config), holds)
-    server, port, health_servicer = create_server(settings.listen, servicer)
+    server, port, health_servicer = create_server(settings.listen, servicer, reuse_port=reuse_port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -91,10 +97,10 @@ async def start(settings: Settings, dsn: str) -> Authority:
     return Authority(settings, pool, hub, server, health_servicer, port, sweeper, holds)
 
 
-async def serve(settings: Settings, dsn: str) -> None:
+async def serve(settings: Settings, dsn: str, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order."""
     await db.migrate(dsn)
-    authority = await start(settings, dsn)
+    authority = await start(settings, dsn, reuse_port=reuse_port)
     host = settings.listen.rsplit(":", 1)[0]
     log.info("serving agentbudget.v1.BudgetAuthority on %s:%d", host, authority.port)
     if settings.ready_file:

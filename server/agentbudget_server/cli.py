@@ -43,6 +43,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = settings.load(args)
     logs.setup(s.log_level, s.log_format)
+    if s.workers > 1:
+        from . import workers
+
+        return workers.serve(s, _dsn(s))
     asyncio.run(app.serve(s, _dsn(s)))
     return 0
 
