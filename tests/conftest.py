@@ -73,6 +73,7 @@ def server_settings(**overrides: object) -> Settings:
         "sweep_interval_seconds": 0.2,
         "event_poll_seconds": 0.5,
         "grace_seconds": 1.0,
+        "metrics_listen": "127.0.0.1:0",
     }
     values.update(overrides)
     return Settings(**values).validate()  # type: ignore[arg-type]

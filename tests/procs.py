@@ -59,6 +59,8 @@ class ServerProcess:
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--database-url",
             dsn,
             "--ready-file",

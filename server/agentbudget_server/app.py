@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from . import db, ledger, pricing
 from .events import EventHub
 from .groupcommit import GroupCommit
+from .observability import Observability
 from .servicer import BudgetAuthority
 from .settings import Settings
 
@@ -30,14 +32,14 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
 def create_server(
-    address: str, servicer: BudgetAuthority, *, reuse_port: bool = False
+    address: str, servicer: BudgetAuthority, *, reuse_port: bool = False, interceptors: Sequence[Any] = ()
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port.
 
     ``reuse_port`` lets worker processes share one port; otherwise a port in use is an error, not
     a silent share with whatever holds it.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+    server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", int(reuse_port))])
     pb_grpc.add_BudgetAuthorityServicer_to_server(servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -61,6 +63,12 @@ class Authority:
     port: int
     sweeper: asyncio.Task[None]
     holds: GroupCommit
+    observability: Observability
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound Prometheus port; 0 when metrics are off."""
+        return self.observability.metrics_port
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (load balancers drain), then finish calls in flight, then the pool."""
@@ -71,6 +79,7 @@ class Authority:
         await self.hub.close()  # ends WatchEvents streams, so stop() need not wait the whole grace
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.holds.close()
+        await self.observability.close()  # before the pool: a scrape reads through it
         await self.pool.close()
 
 
@@ -89,12 +98,15 @@ async def start(settings: Settings, dsn: str, *, reuse_port: bool = False) -> Au
     await hub.start()
     holds = GroupCommit(pool, settings.max_batch)
     servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config), holds)
-    server, port, health_servicer = create_server(settings.listen, servicer, reuse_port=reuse_port)
+    observability = await Observability.start(settings, dsn, pool)
+    server, port, health_servicer = create_server(
+        settings.listen, servicer, reuse_port=reuse_port, interceptors=observability.interceptors
+    )
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_seconds), name="sweeper")
-    return Authority(settings, pool, hub, server, health_servicer, port, sweeper, holds)
+    return Authority(settings, pool, hub, server, health_servicer, port, sweeper, holds, observability=observability)
 
 
 async def serve(settings: Settings, dsn: str, *, reuse_port: bool = False) -> None:
@@ -103,6 +115,8 @@ async def serve(settings: Settings, dsn: str, *, reuse_port: bool = False) -> No
     authority = await start(settings, dsn, reuse_port=reuse_port)
     host = settings.listen.rsplit(":", 1)[0]
     log.info("serving agentbudget.v1.BudgetAuthority on %s:%d", host, authority.port)
+    if authority.metrics_port:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_listen.rsplit(":", 1)[0], authority.metrics_port)
     if settings.ready_file:
         await asyncio.to_thread(Path(settings.ready_file).write_text, str(authority.port))
     stop = asyncio.Event()

@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "AGENTBUDGET_"
+WEBHOOK_KINDS = ("slack", "json")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An alert endpoint: ``slack`` posts ``{"text": ...}``, ``json`` posts the event as an object."""
+
+    kind: str
+    url: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in WEBHOOK_KINDS:
+            raise ValueError(f"webhook kind must be one of {', '.join(WEBHOOK_KINDS)}, not {self.kind!r}")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a webhook URL must be http(s)://host/...")
+
+
+def webhook(text: str) -> Webhook:
+    """``KIND=URL``, as the --webhook flag takes it."""
+    kind, sep, url = text.partition("=")
+    if not sep:
+        raise ValueError(f"a webhook is KIND=URL, KIND one of {', '.join(WEBHOOK_KINDS)}")
+    return Webhook(kind.strip(), url.strip())
+
+
+def webhooks_from_env(raw: str) -> tuple[Webhook, ...]:
+    """A JSON list of ``"KIND=URL"`` strings or ``{"kind": ..., "url": ...}`` objects."""
+    items = json.loads(raw) if raw.strip() else []
+    if not isinstance(items, list) or not all(isinstance(i, str | dict) for i in items):
+        raise ValueError('a JSON list of "KIND=URL" strings or {"kind": ..., "url": ...} objects')
+    return tuple(webhook(i) if isinstance(i, str) else Webhook(str(i.get("kind")), str(i.get("url"))) for i in items)
 
 
 @dataclass(frozen=True)
@@ -36,6 +70,11 @@ class Settings:
     max_batch: int = 256
     # Server processes sharing the port (SO_REUSEPORT); serve only.
     workers: int = 1
+    # Prometheus metrics (GET /metrics) on their own port; "" turns them off, port 0 picks a free one.
+    metrics_listen: str = "0.0.0.0:9464"
+    # Alert webhooks for threshold, exhausted and denied events: flag --webhook KIND=URL
+    # (repeatable), env AGENTBUDGET_WEBHOOKS (a JSON list).
+    webhooks: tuple[Webhook, ...] = ()
 
     @property
     def default_ttl(self) -> timedelta:
@@ -64,6 +103,8 @@ class Settings:
             raise ValueError("workers must be between 1 and 64")
         if ":" not in self.listen:
             raise ValueError("listen must be host:port")
+        if self.metrics_listen and ":" not in self.metrics_listen:
+            raise ValueError("metrics_listen must be host:port, or empty to turn metrics off")
         return self
 
 
@@ -75,8 +116,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag; the default shown is what the environment or built-in gives."""
     for f in fields(Settings):
         env = ENV_PREFIX + f.name.upper()
+        if f.name == "webhooks":  # repeatable: --webhook slack=https://... --webhook json=https://...
+            text = f"KIND=URL with KIND slack or json; repeatable; env {env} (a JSON list)"
+            parser.add_argument("--webhook", dest=f.name, type=webhook, action="append", default=None, help=text)
+            continue
         kind: Any = type(f.default)
         parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=f"env {env}")
+
+
+_FROM_ENV: dict[str, Callable[[str], Any]] = {"webhooks": webhooks_from_env}
 
 
 def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,10 +134,10 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
         kind: Any = type(f.default)
         given = getattr(args, f.name, None) if args is not None else None
         if given is not None:
-            values[f.name] = given
+            values[f.name] = tuple(given) if isinstance(given, list) else given
         elif ENV_PREFIX + f.name.upper() in env:
             try:
-                values[f.name] = kind(env[ENV_PREFIX + f.name.upper()])
+                values[f.name] = _FROM_ENV.get(f.name, kind)(env[ENV_PREFIX + f.name.upper()])
             except ValueError as exc:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from None
     return Settings(**values).validate()

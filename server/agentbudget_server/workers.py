@@ -61,6 +61,15 @@ def _hold_port(listen: str) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
+def _metrics_listen(listen: str, index: int) -> str:
+    """Worker ``index`` exports its metrics on the metrics port + index: each worker is a scrape
+    target of its own (its counters are its own), not one port shared at random."""
+    host, _, port = listen.rpartition(":")
+    if not listen or int(port) == 0:
+        return listen
+    return f"{host}:{int(port) + index}"
+
+
 class Supervisor:
     def __init__(self, settings: Settings, dsn: str) -> None:
         self.settings = settings
@@ -72,7 +81,8 @@ class Supervisor:
     def _start(self, index: int, listen: str) -> BaseProcess:
         ready = self._dir / f"worker-{index}.port"
         ready.unlink(missing_ok=True)
-        worker = replace(self.settings, listen=listen, ready_file=str(ready), workers=1)
+        metrics = _metrics_listen(self.settings.metrics_listen, index)
+        worker = replace(self.settings, listen=listen, ready_file=str(ready), workers=1, metrics_listen=metrics)
         args = (worker, self.dsn, os.getpid())
         proc = self._ctx.Process(target=_worker, args=args, name=f"agentbudget-worker-{index}")
         proc.start()
