@@ -37,6 +37,7 @@ def test_the_api_has_the_rpcs_of_the_contract():
             "ListLedgerEntries",
             "WatchEvents",
             "Route",
+            "QuerySpend",
         ]
     )
     for method in service.methods:  # one request / response pair per RPC

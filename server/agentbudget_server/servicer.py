@@ -10,7 +10,7 @@ import asyncpg
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 
-from . import budgets, ledger, pricing, validate, wire
+from . import budgets, ledger, pricing, spend, validate, wire
 from .errors import ShuttingDown
 from .events import EventHub
 from .groupcommit import GroupCommit
@@ -109,6 +109,12 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
         name, task_class = validate.route(request)
         tier, model, table = await budgets.route(self.pool, name, task_class)
         return pb.RouteResponse(tier=tier, model=model, routing=wire.routing_table(table))
+
+    @unary
+    async def QuerySpend(self, request: pb.QuerySpendRequest, context: Any) -> pb.QuerySpendResponse:
+        query = validate.query_spend(request)
+        result = await spend.query(self.pool, query)
+        return wire.spend_response(result, validate.spend_page_token(request, query))
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.WatchEventsResponse]:
         try:

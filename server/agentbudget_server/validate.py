@@ -8,6 +8,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.money_pb2 import Money
 
 from . import commands as c
-from . import periods, rules
+from . import periods, rules, spend
 from .errors import InvalidField
 from .model import Details, Spec
 from .money import MoneyError, check_currency, from_parts
@@ -343,3 +344,97 @@ def route(req: pb.RouteRequest) -> tuple[str, str]:
     if not task_class:
         raise InvalidField("task_class", "required")
     return name, task_class
+
+
+_DIMENSIONS = {
+    pb.SPEND_BY_BUDGET: spend.Dimension.BUDGET,
+    pb.SPEND_BY_MODEL: spend.Dimension.MODEL,
+    pb.SPEND_BY_TASK_TYPE: spend.Dimension.TASK_TYPE,
+    pb.SPEND_BY_KIND: spend.Dimension.KIND,
+    pb.SPEND_BY_DAY: spend.Dimension.DAY,
+    pb.SPEND_BY_WEEK: spend.Dimension.WEEK,
+    pb.SPEND_BY_MONTH: spend.Dimension.MONTH,
+}
+MAX_FILTER_VALUES = 1000
+
+
+def _values(values: Any, field: str, limit: int) -> tuple[str, ...]:
+    """Filter values: "" matches costs recorded without one."""
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidField(field, f"at most {MAX_FILTER_VALUES} values")
+    for i, value in enumerate(values):
+        text(value, f"{field}[{i}]", limit)
+    return tuple(dict.fromkeys(values))
+
+
+def query_spend(req: pb.QuerySpendRequest) -> spend.SpendQuery:
+    if len(req.budgets) > MAX_FILTER_VALUES:
+        raise InvalidField("budgets", f"at most {MAX_FILTER_VALUES} budgets")
+    names = tuple(dict.fromkeys(budget_name(n, f"budgets[{i}]") for i, n in enumerate(req.budgets)))
+    if req.namespace and not _NAMESPACE.match(req.namespace):
+        raise InvalidField("namespace", "must be a Kubernetes namespace name")
+    kinds = []
+    for i, k in enumerate(req.kinds):
+        if k != pb.COST_KIND_UNSPECIFIED and k not in _KINDS:
+            raise InvalidField(f"kinds[{i}]", f"unknown cost kind {k}")
+        kinds.append(_KINDS.get(k, ""))
+    start = timestamp(req.start_time, "start_time") if req.HasField("start_time") else None
+    end = timestamp(req.end_time, "end_time") if req.HasField("end_time") else None
+    if start and end and end <= start:
+        raise InvalidField("end_time", "must be after start_time")
+    group_by: list[spend.Dimension] = []
+    for i, d in enumerate(req.group_by):
+        if d not in _DIMENSIONS:
+            raise InvalidField(f"group_by[{i}]", f"unknown dimension {d}")
+        if _DIMENSIONS[d] in group_by:
+            raise InvalidField(f"group_by[{i}]", f"{pb.SpendDimension.Name(d)} is given twice")
+        group_by.append(_DIMENSIONS[d])
+    if sum(d in spend.TIME_DIMENSIONS for d in group_by) > 1:
+        raise InvalidField("group_by", "at most one of SPEND_BY_DAY, SPEND_BY_WEEK and SPEND_BY_MONTH")
+    tz = text(req.time_zone, "time_zone", 64) or ""
+    try:
+        periods.zone(tz)
+    except ValueError as exc:
+        raise InvalidField("time_zone", str(exc)) from None
+    currency = ""
+    if req.currency:
+        try:
+            currency = check_currency(req.currency)
+        except MoneyError as exc:
+            raise InvalidField("currency", str(exc)) from None
+    size = page_size(req.page_size)
+    query = spend.SpendQuery(
+        budgets=names,
+        namespace=req.namespace,
+        kinds=tuple(dict.fromkeys(kinds)),
+        models=_values(req.models, "models", 200),
+        task_types=_values(req.task_types, "task_types", 128),
+        labels=tuple(sorted(labels(req.labels, "labels").items())),
+        start=start,
+        end=end,
+        group_by=tuple(group_by),
+        time_zone=tz,
+        currency=currency,
+        count_tasks=req.count_tasks,
+        page_size=size,
+    )
+    # A page token belongs to one query: its offset, and a digest of everything but the page.
+    digest = _spend_digest(req)
+    token = decode_token(req.page_token, "spend", list)
+    if token is not None:
+        if len(token) != 2 or not isinstance(token[0], int) or token[0] < 0 or token[1] != digest:
+            raise InvalidField("page_token", "not a page token of this query")
+        query = replace(query, offset=token[0])
+    return query
+
+
+def _spend_digest(req: pb.QuerySpendRequest) -> str:
+    unpaged = pb.QuerySpendRequest()
+    unpaged.CopyFrom(req)
+    unpaged.ClearField("page_token")
+    unpaged.ClearField("page_size")
+    return fingerprint("QuerySpend", unpaged).hex()[:32]
+
+
+def spend_page_token(req: pb.QuerySpendRequest, query: spend.SpendQuery) -> str:
+    return encode_token("spend", [query.offset + query.page_size, _spend_digest(req)])

@@ -14,6 +14,7 @@ from .model import BudgetView, Details, Entry, Event, ReservationView
 from .money import to_parts
 from .periods import PeriodKind
 from .rules import PPM
+from .spend import SpendGroup, SpendResult
 
 _PERIODS = {PeriodKind.MONTHLY: pb.MONTHLY, PeriodKind.WEEKLY: pb.WEEKLY, PeriodKind.DAILY: pb.DAILY}
 
@@ -179,3 +180,42 @@ def event(e: Event) -> pb.Event:
     if "amount" in p:
         out.amount.CopyFrom(money(p["amount"], e.currency))
     return out
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _count(value: int) -> int:
+    return min(value, _INT64_MAX)  # a sum of counts past int64 is shown saturated, never wrapped
+
+
+def spend_group(g: SpendGroup) -> pb.SpendGroup:
+    s = g.sums
+    out = pb.SpendGroup(
+        budget=g.budget or "",
+        model=g.model or "",
+        task_type=g.task_type or "",
+        kind=pb.CostKind.Value(g.kind) if g.kind else pb.COST_KIND_UNSPECIFIED,
+        bucket=g.bucket or "",
+        cost=money(s.cost, g.currency),
+        entries=_count(s.entries),
+        input_tokens=_count(s.input_tokens),
+        output_tokens=_count(s.output_tokens),
+        cache_read_tokens=_count(s.cache_read_tokens),
+        cache_write_tokens=_count(s.cache_write_tokens),
+        tasks=_count(s.tasks),
+    )
+    if g.bucket_start is not None:
+        out.bucket_start.CopyFrom(ts(g.bucket_start))
+    seconds, frac = divmod(s.sandbox_nanos, 1_000_000_000)
+    out.sandbox_time.seconds, out.sandbox_time.nanos = min(seconds, 315_576_000_000), frac
+    return out
+
+
+def spend_response(result: SpendResult, next_page_token: str) -> pb.QuerySpendResponse:
+    return pb.QuerySpendResponse(
+        groups=[spend_group(g) for g in result.groups],
+        totals=[spend_group(g) for g in result.totals],
+        group_count=result.group_count,
+        next_page_token=next_page_token if result.more else "",
+    )

@@ -302,6 +302,38 @@ EVENT_PERIOD_ROLLED: EventType.ValueType  # 10
 EVENT_OVERRUN: EventType.ValueType  # 11
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
+class _SpendDimension:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpendDimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpendDimension.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPEND_DIMENSION_UNSPECIFIED: _SpendDimension.ValueType  # 0
+    SPEND_BY_BUDGET: _SpendDimension.ValueType  # 1
+    SPEND_BY_MODEL: _SpendDimension.ValueType  # 2
+    SPEND_BY_TASK_TYPE: _SpendDimension.ValueType  # 3
+    SPEND_BY_KIND: _SpendDimension.ValueType  # 4
+    SPEND_BY_DAY: _SpendDimension.ValueType  # 5
+    """calendar days in the request's time zone"""
+    SPEND_BY_WEEK: _SpendDimension.ValueType  # 6
+    """ISO weeks, starting Monday 00:00"""
+    SPEND_BY_MONTH: _SpendDimension.ValueType  # 7
+
+class SpendDimension(_SpendDimension, metaclass=_SpendDimensionEnumTypeWrapper):
+    """What QuerySpend groups by. At most one of DAY, WEEK and MONTH."""
+
+SPEND_DIMENSION_UNSPECIFIED: SpendDimension.ValueType  # 0
+SPEND_BY_BUDGET: SpendDimension.ValueType  # 1
+SPEND_BY_MODEL: SpendDimension.ValueType  # 2
+SPEND_BY_TASK_TYPE: SpendDimension.ValueType  # 3
+SPEND_BY_KIND: SpendDimension.ValueType  # 4
+SPEND_BY_DAY: SpendDimension.ValueType  # 5
+"""calendar days in the request's time zone"""
+SPEND_BY_WEEK: SpendDimension.ValueType  # 6
+"""ISO weeks, starting Monday 00:00"""
+SPEND_BY_MONTH: SpendDimension.ValueType  # 7
+Global___SpendDimension: _TypeAlias = SpendDimension  # noqa: Y015
+
 @_typing.final
 class BudgetSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1466,3 +1498,219 @@ class RouteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015
+
+@_typing.final
+class QuerySpendRequest(_message.Message):
+    """Spend is what was charged: the actual cost of every commit and direct charge. Holds, releases,
+    expiries, limit changes and transfers are not spend.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    TASK_TYPES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    COUNT_TASKS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Only budgets of this namespace; empty means all."""
+    time_zone: _builtins.str
+    """IANA time zone of the DAY / WEEK / MONTH buckets; empty means UTC."""
+    currency: _builtins.str
+    """Only budgets in this currency; empty means all. Amounts of different currencies are never
+    added: every group and total is of one currency.
+    """
+    count_tasks: _builtins.bool
+    """Also count the distinct task ids of each group (read from the ledger itself, so slower over
+    long ranges of a large fleet).
+    """
+    page_size: _builtins.int
+    """The top N groups: 1..1000; 0 means 100."""
+    page_token: _builtins.str
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these budgets (deleted ones included: their ledger stays); empty means all."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___CostKind.ValueType]:
+        """Only these kinds (COST_KIND_UNSPECIFIED matches costs recorded without one); empty means all."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these models ("" matches costs recorded without one); empty means all."""
+
+    @_builtins.property
+    def task_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these task types ("" matches costs recorded without one); empty means all."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only costs whose labels include every one of these key = value pairs."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """[start_time, end_time) of the cost entries' time; unset bounds are open."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___SpendDimension.ValueType]:
+        """No dimension: one group per currency, the totals."""
+
+    def __init__(
+        self,
+        *,
+        budgets: _abc.Iterable[_builtins.str] | None = ...,
+        namespace: _builtins.str = ...,
+        kinds: _abc.Iterable[Global___CostKind.ValueType] | None = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        task_types: _abc.Iterable[_builtins.str] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: _abc.Iterable[Global___SpendDimension.ValueType] | None = ...,
+        time_zone: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        count_tasks: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "count_tasks", b"count_tasks", "currency", b"currency", "end_time", b"end_time", "group_by", b"group_by", "kinds", b"kinds", "labels", b"labels", "models", b"models", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "task_types", b"task_types", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuerySpendRequest: _TypeAlias = QuerySpendRequest  # noqa: Y015
+
+@_typing.final
+class SpendGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BUCKET_START_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    SANDBOX_TIME_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    budget: _builtins.str
+    """The group's key: only the fields of the dimensions grouped by are set."""
+    model: _builtins.str
+    task_type: _builtins.str
+    kind: Global___CostKind.ValueType
+    bucket: _builtins.str
+    entries: _builtins.int
+    """How many cost entries (commits and direct charges) the group sums."""
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cache_read_tokens: _builtins.int
+    cache_write_tokens: _builtins.int
+    tasks: _builtins.int
+    """Distinct task ids, when count_tasks was set (entries without a task id count none)."""
+    @_builtins.property
+    def bucket_start(self) -> _timestamp_pb2.Timestamp:
+        """The bucket's first instant, and its name in the request's time zone: "2026-11-03" (day),
+        "2026-W45" (ISO week), "2026-11" (month).
+        """
+
+    @_builtins.property
+    def cost(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def sandbox_time(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        budget: _builtins.str = ...,
+        model: _builtins.str = ...,
+        task_type: _builtins.str = ...,
+        kind: Global___CostKind.ValueType = ...,
+        bucket_start: _timestamp_pb2.Timestamp | None = ...,
+        bucket: _builtins.str = ...,
+        cost: _money_pb2.Money | None = ...,
+        entries: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cache_read_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        sandbox_time: _duration_pb2.Duration | None = ...,
+        tasks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start", "cost", b"cost", "sandbox_time", b"sandbox_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "bucket_start", b"bucket_start", "budget", b"budget", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cost", b"cost", "entries", b"entries", "input_tokens", b"input_tokens", "kind", b"kind", "model", b"model", "output_tokens", b"output_tokens", "sandbox_time", b"sandbox_time", "task_type", b"task_type", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendGroup: _TypeAlias = SpendGroup  # noqa: Y015
+
+@_typing.final
+class QuerySpendResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    GROUP_COUNT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    group_count: _builtins.int
+    """How many groups there are over all pages."""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendGroup]:
+        """Most expensive first; groups of equal cost in the order of their keys."""
+
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendGroup]:
+        """Over everything the filters matched (every page), one per currency, with no key set."""
+
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___SpendGroup] | None = ...,
+        next_page_token: _builtins.str = ...,
+        totals: _abc.Iterable[Global___SpendGroup] | None = ...,
+        group_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_count", b"group_count", "groups", b"groups", "next_page_token", b"next_page_token", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuerySpendResponse: _TypeAlias = QuerySpendResponse  # noqa: Y015

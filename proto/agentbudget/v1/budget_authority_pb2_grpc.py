@@ -94,6 +94,11 @@ class BudgetAuthorityStub:
                 request_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteRequest.SerializeToString,
                 response_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteResponse.FromString,
                 _registered_method=True)
+        self.QuerySpend = channel.unary_unary(
+                '/agentbudget.v1.BudgetAuthority/QuerySpend',
+                request_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.QuerySpendRequest.SerializeToString,
+                response_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.QuerySpendResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetAuthorityServicer:
@@ -181,6 +186,14 @@ class BudgetAuthorityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuerySpend(self, request, context):
+        """Committed spend, filtered and grouped (by budget, model, task type, kind, day / week /
+        month), most expensive group first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetAuthorityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +256,11 @@ def add_BudgetAuthorityServicer_to_server(servicer, server):
                     servicer.Route,
                     request_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteRequest.FromString,
                     response_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.RouteResponse.SerializeToString,
+            ),
+            'QuerySpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuerySpend,
+                    request_deserializer=agentbudget_dot_v1_dot_budget__authority__pb2.QuerySpendRequest.FromString,
+                    response_serializer=agentbudget_dot_v1_dot_budget__authority__pb2.QuerySpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +587,33 @@ class BudgetAuthority:
             '/agentbudget.v1.BudgetAuthority/Route',
             agentbudget_dot_v1_dot_budget__authority__pb2.RouteRequest.SerializeToString,
             agentbudget_dot_v1_dot_budget__authority__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuerySpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentbudget.v1.BudgetAuthority/QuerySpend',
+            agentbudget_dot_v1_dot_budget__authority__pb2.QuerySpendRequest.SerializeToString,
+            agentbudget_dot_v1_dot_budget__authority__pb2.QuerySpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

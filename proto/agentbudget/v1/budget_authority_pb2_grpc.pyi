@@ -64,6 +64,10 @@ class BudgetAuthorityStub:
     """Events after a given id, then live ones as they commit."""
     Route: _grpc.UnaryUnaryMultiCallable[_budget_authority_pb2.RouteRequest, _budget_authority_pb2.RouteResponse]
     """The tier and model a task class routes to for a budget."""
+    QuerySpend: _grpc.UnaryUnaryMultiCallable[_budget_authority_pb2.QuerySpendRequest, _budget_authority_pb2.QuerySpendResponse]
+    """Committed spend, filtered and grouped (by budget, model, task type, kind, day / week /
+    month), most expensive group first.
+    """
 
 @_typing.type_check_only
 class BudgetAuthorityAsyncStub(BudgetAuthorityStub):
@@ -91,6 +95,10 @@ class BudgetAuthorityAsyncStub(BudgetAuthorityStub):
     """Events after a given id, then live ones as they commit."""
     Route: _aio.UnaryUnaryMultiCallable[_budget_authority_pb2.RouteRequest, _budget_authority_pb2.RouteResponse]  # type: ignore[assignment]
     """The tier and model a task class routes to for a budget."""
+    QuerySpend: _aio.UnaryUnaryMultiCallable[_budget_authority_pb2.QuerySpendRequest, _budget_authority_pb2.QuerySpendResponse]  # type: ignore[assignment]
+    """Committed spend, filtered and grouped (by budget, model, task type, kind, day / week /
+    month), most expensive group first.
+    """
 
 class BudgetAuthorityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -187,5 +195,15 @@ class BudgetAuthorityServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_budget_authority_pb2.RouteResponse, _abc.Awaitable[_budget_authority_pb2.RouteResponse]]:
         """The tier and model a task class routes to for a budget."""
+
+    @_abc_1.abstractmethod
+    def QuerySpend(
+        self,
+        request: _budget_authority_pb2.QuerySpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_authority_pb2.QuerySpendResponse, _abc.Awaitable[_budget_authority_pb2.QuerySpendResponse]]:
+        """Committed spend, filtered and grouped (by budget, model, task type, kind, day / week /
+        month), most expensive group first.
+        """
 
 def add_BudgetAuthorityServicer_to_server(servicer: BudgetAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
