@@ -231,3 +231,28 @@ def test_settings_of_metrics(monkeypatch):
     assert settings.load(parser.parse_args([]), {"AGENTBUDGET_METRICS_LISTEN": ""}).metrics_listen == ""
     env: Mapping[str, str] = {"AGENTBUDGET_METRICS_LISTEN": "127.0.0.1:1"}
     assert settings.load(parser.parse_args(["--metrics-listen", "[::]:9000"]), env).metrics_listen == "[::]:9000"
+
+
+async def test_streams_are_counted_when_they_end(authority, stub, channel):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    await make_budget(stub, "team/a", "10")
+    call = stub.WatchEvents(pb.WatchEventsRequest(after_id=0))
+    assert (await call.read()).event.type == pb.EVENT_BUDGET_CREATED
+    call.cancel()
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))  # writes its messages, yields none
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+    await health.Check(health_pb2.HealthCheckRequest(service=""))
+
+    async def ended() -> tuple[float, float, float]:
+        s = await scrape(authority.metrics_port)
+        svc, hsvc = "agentbudget.v1.BudgetAuthority", "grpc.health.v1.Health"
+        return (
+            value(s, "agentbudget_rpc_handled_total", service=svc, method="WatchEvents", code="CANCELLED"),
+            value(s, "agentbudget_rpc_handled_total", service=hsvc, method="Watch", code="CANCELLED"),
+            value(s, "agentbudget_rpc_duration_seconds_count", service=hsvc, method="Check", code="OK"),
+        )
+
+    await until(ended, (1, 1, 1))

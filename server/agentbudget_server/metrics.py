@@ -12,6 +12,7 @@ request or task id.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -182,8 +183,16 @@ class RpcInterceptor(_ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # Streams last as long as their watchers want: counted, not timed. A stream handler
+            # either yields its messages or writes them itself (health's Watch does).
+            inner = handler.unary_stream
+            behavior: Any = (
+                self._stream(inner, service, method)
+                if inspect.isasyncgenfunction(inner)
+                else self._unary(inner, service, method, timed=False)
+            )
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, service, method),
+                behavior,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -197,9 +206,9 @@ class RpcInterceptor(_ServerInterceptor):
             # A paused budget's denial rolls back and leaves no event; Reserve fails this way for nothing else.
             self.m.holds_denied.labels(self.m.budget_label(request.budget), "BUDGET_PAUSED").inc()
 
-    def _unary(self, inner: Any, service: str, method: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    def _unary(self, inner: Any, service: str, method: str, timed: bool = True) -> Callable[[Any, Any], Awaitable[Any]]:
         async def behavior(request: Any, context: Any) -> Any:
-            started = time.perf_counter()
+            started = time.perf_counter() if timed else None
             try:
                 response = await inner(request, context)
             except BaseException as exc:
@@ -212,7 +221,6 @@ class RpcInterceptor(_ServerInterceptor):
 
     def _stream(self, inner: Any, service: str, method: str) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            # A stream lasts as long as its watcher wants: counted, not timed.
             try:
                 async for item in inner(request, context):
                     yield item
