@@ -559,8 +559,9 @@ async def check_holds(conn: asyncpg.Connection, tally: Tally, *, allow_active: b
             if row is not None or key in entries:
                 problems.append(f"{key}: denied or failed, yet stored as {row and row['state']}")
             continue
-        if hold.granted is None:  # in flight when its server died: either never granted, or expired
-            if row is not None and (row["state"] != "EXPIRED" or row["amount_nanos"] != hold.amount):
+        if hold.granted is None:  # in flight when its server died: never granted, or granted and left to expire
+            ok = {"EXPIRED", "ACTIVE"} if allow_active else {"EXPIRED"}
+            if row is not None and (row["state"] not in ok or row["amount_nanos"] != hold.amount):
                 problems.append(f"{key}: unknown Reserve stored as {row['state']} {row['amount_nanos']}")
             continue
         if row is None:

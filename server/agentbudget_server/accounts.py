@@ -4,9 +4,9 @@ Every change of money goes through :meth:`Unit.post`, which queues the ledger ro
 balance of its period and derives the phase and threshold events from the pure rules, so the
 balances are the ledger's sums by construction.
 
-Writes are buffered in memory and written by :meth:`Unit.flush` with one multi-row statement per
-table, just before the commit; that is what lets group commit apply many calls for one budget in
-one transaction. Because the budget row is locked for the whole unit, what this unit read and
+Writes are buffered in memory and written by :meth:`Unit.write` in one statement of multi-row
+parts, just before the commit; that is what lets group commit apply many calls for one budget in
+one transaction at the cost of one. Because the budget row is locked for the whole unit, what this unit read and
 changed in memory is the truth. A unit can also take back what one call changed
 (:meth:`Unit.mark` / :meth:`Unit.undo`), so that one call's error does not disturb the others
 applied in the same transaction.
@@ -87,12 +87,12 @@ class Hold:
     new: bool = False  # granted in this unit: inserted, not updated
 
     @classmethod
-    def from_record(cls, row: asyncpg.Record) -> Hold:
+    def from_record(cls, row: asyncpg.Record, budget_id: int, period_column: str = "period_start") -> Hold:
         details = row["details"]
         return cls(
-            budget_id=row["budget_id"],
+            budget_id=budget_id,
             reservation_id=row["reservation_id"],
-            period_start=row["period_start"],
+            period_start=row[period_column],
             amount_nanos=row["amount_nanos"],
             state=row["state"],
             created_at=row["created_at"],
@@ -169,11 +169,12 @@ class Unit:
 
     # -- locking -------------------------------------------------------------------------------
 
-    async def lock(self, name: str, *, include_deleted: bool = False) -> Account:
+    async def lock(self, name: str, *, include_deleted: bool = False, holds: Iterable[str] = ()) -> Account:
+        """Lock a budget; ``holds`` names reservations to read along with its period."""
         row = await self.conn.fetchrow(Q["lock_budget"], name, include_deleted)
         if row is None:
             raise BudgetNotFound(name)
-        return await self._account(row)
+        return await self._account(row, sorted(set(holds)))
 
     async def try_lock(self, name: str) -> Account | None:
         """For the sweeper: skip a budget another transaction is working on."""
@@ -184,14 +185,28 @@ class Unit:
         row = await self.conn.fetchrow(Q["lock_budget"], name, True)
         return None if row is None else await self._account(row)
 
-    async def _account(self, row: asyncpg.Record) -> Account:
+    async def _account(self, row: asyncpg.Record, holds: list[str] | None = None) -> Account:
         self.now = row["now"]
         budget = BudgetRow.from_record(row)
-        period = await self.period_of(budget, budget.period_start)
+        if holds:
+            period = await self._period_with_holds(budget, holds)
+        else:
+            period = await self.period_of(budget, budget.period_start)
         account = Account(budget, period)
         if budget.deleted_at is None and self.now >= budget.period_end:
             await self.roll(account, *periods.bounds(budget.spec.period, budget.spec.time_zone, self.now))
         return account
+
+    async def _period_with_holds(self, budget: BudgetRow, holds: list[str]) -> PeriodRow:
+        rows = await self.conn.fetch(Q["get_period_with_holds"], budget.id, budget.period_start, holds)
+        assert rows, "every budget has its current period row"
+        for rid in holds:
+            self._holds[(budget.id, rid)] = None
+        for r in rows:
+            if r["reservation_id"] is not None:
+                self._holds[(budget.id, r["reservation_id"])] = Hold.from_record(r, budget.id, "r_period_start")
+        period = self._periods[(budget.id, budget.period_start)] = PeriodRow.from_record(rows[0])
+        return period
 
     async def period_of(self, budget: BudgetRow, start: datetime) -> PeriodRow:
         """A period of a locked budget; read once per unit, then kept in step in memory."""
@@ -287,7 +302,7 @@ class Unit:
         for rid in wanted:
             self._holds[(bid, rid)] = None
         for row in await self.conn.fetch(Q["get_reservations"], bid, wanted):
-            self._holds[(bid, row["reservation_id"])] = Hold.from_record(row)
+            self._holds[(bid, row["reservation_id"])] = Hold.from_record(row, bid)
 
     async def hold(self, account: Account, reservation_id: str) -> Hold | None:
         await self.load_holds(account, (reservation_id,))
@@ -312,7 +327,7 @@ class Unit:
         for row in await self.conn.fetch(Q["due_holds"], bid, self.now):
             key = (bid, row["reservation_id"])
             if key not in self._holds:
-                self._holds[key] = Hold.from_record(row)
+                self._holds[key] = Hold.from_record(row, bid)
             hold = self._holds[key]
             if hold is None or hold.state != "ACTIVE":  # ended earlier in this unit
                 continue
@@ -378,113 +393,30 @@ class Unit:
         return ref
 
     async def write(self) -> None:
-        """Everything queued, one statement per table; the events (and the counter) last."""
-        await self._write_entries()
+        """Everything queued, in one statement; then the idempotency keys, whose responses may name
+        the ledger rows' ids."""
+        if self._entries or self._dirty_holds or self._dirty_periods or self._events:
+            records = await self.conn.fetch(
+                Q["write_unit"],
+                self.now,
+                *_columns([_entry_row(b, start, p) for b, start, p, _ in self._entries], 28),
+                *_columns([_granted_row(h) for h in self._dirty_holds.values() if h.new], 16),
+                *_columns([_ended_row(h) for h in self._dirty_holds.values() if not h.new], 10),
+                *_columns([_balance_row(key, p) for key, p in self._dirty_periods.items()], 7),
+                *_columns(self._events, 4),
+            )
+            # Identity values are drawn row by row in the order of the arrays: sorted, they are in order.
+            for (*_, ref), entry_id in zip(self._entries, sorted(r["id"] for r in records), strict=True):
+                ref.id = entry_id
         for callback in self._on_written:
             callback()
-        self._on_written.clear()
-        await self._write_holds()
         if self._new_keys:
             rows = [(s, r, k.fingerprint, k.reply.data) for (s, r), k in self._new_keys.items()]
             await self.conn.execute(Q["insert_idempotency_keys"], *_columns(rows, 4))
-            self._new_keys.clear()
-        for (budget_id, start), p in self._dirty_periods.items():
-            b = p.balance
-            await self.conn.execute(
-                Q["update_period"], budget_id, start, b.limit, b.spent, b.held, sorted(p.crossed), p.phase.value
-            )
-        self._dirty_periods.clear()
-        self._undo.clear()
-        await self.flush()
-
-    async def _write_entries(self) -> None:
-        if not self._entries:
-            return
-        rows = []
-        for budget_id, start, p, _ in self._entries:
-            d = p.details
-            rows.append(
-                (
-                    budget_id,
-                    start,
-                    p.entry_type,
-                    p.spent,
-                    p.held,
-                    p.limit,
-                    p.reservation_id,
-                    p.request_id,
-                    p.overrun,
-                    p.late,
-                    d.kind,
-                    d.model,
-                    d.input_tokens,
-                    d.output_tokens,
-                    d.cache_read_tokens,
-                    d.cache_write_tokens,
-                    d.sandbox_nanos,
-                    d.api_name,
-                    d.api_calls,
-                    d.task_id,
-                    d.task_type,
-                    json.dumps(d.labels, sort_keys=True),
-                    p.catalog_version,
-                    p.counterparty,
-                    p.reason,
-                    d.reasoning_tokens,
-                    d.sandbox_class,
-                    d.provider,
-                )
-            )
-        ids = await self.conn.fetch(Q["insert_entries"], self.now, *_columns(rows, 28))
-        # Identity values are drawn row by row in the order of the arrays, so sorted ids are in order.
-        for (*_, ref), record in zip(self._entries, sorted(r["id"] for r in ids), strict=True):
-            ref.id = record
-        self._entries.clear()
-
-    async def _write_holds(self) -> None:
-        new = [h for h in self._dirty_holds.values() if h.new]
-        ended = [h for h in self._dirty_holds.values() if not h.new]
-        self._dirty_holds.clear()
-        if new:
-            rows = [
-                (
-                    h.budget_id,
-                    h.reservation_id,
-                    h.period_start,
-                    h.amount_nanos,
-                    h.state,
-                    h.created_at,
-                    h.expires_at,
-                    h.ended_at,
-                    h.committed_nanos,
-                    h.overrun,
-                    h.late,
-                    h.details,
-                    h.reserve_fingerprint,
-                    h.reserve_response,
-                    h.end_fingerprint,
-                    h.end_response,
-                )
-                for h in new
-            ]
-            await self.conn.execute(Q["insert_reservations"], *_columns(rows, 16))
-        if ended:
-            changes = [
-                (
-                    h.budget_id,
-                    h.reservation_id,
-                    h.state,
-                    h.ended_at,
-                    h.committed_nanos,
-                    h.overrun,
-                    h.late,
-                    h.details,
-                    h.end_fingerprint,
-                    h.end_response,
-                )
-                for h in ended
-            ]
-            await self.conn.execute(Q["update_reservations"], *_columns(changes, 10))
+        for pending in (self._entries, self._on_written, self._undo, self._events):
+            pending.clear()
+        for changed in (self._dirty_holds, self._dirty_periods, self._new_keys):
+            changed.clear()
 
     # -- events --------------------------------------------------------------------------------
 
@@ -500,19 +432,88 @@ class Unit:
         }
         self._events.append((event_type.value, account.budget.id, account.budget.name, json.dumps(payload)))
 
-    async def flush(self) -> None:
-        if not self._events:
-            return
-        types, ids, names, payloads = (list(col) for col in zip(*self._events, strict=True))
-        await self.conn.execute(Q["insert_events"], types, ids, names, payloads, self.now)
-        self._events.clear()
-
 
 def _restore(mapping: dict[Any, Any], key: Any, value: Any) -> None:
     if value is _MISSING:
         mapping.pop(key, None)
     else:
         mapping[key] = value
+
+
+def _entry_row(budget_id: int, start: datetime, p: Posting) -> tuple[Any, ...]:
+    d = p.details
+    return (
+        budget_id,
+        start,
+        p.entry_type,
+        p.spent,
+        p.held,
+        p.limit,
+        p.reservation_id,
+        p.request_id,
+        p.overrun,
+        p.late,
+        d.kind,
+        d.model,
+        d.input_tokens,
+        d.output_tokens,
+        d.cache_read_tokens,
+        d.cache_write_tokens,
+        d.sandbox_nanos,
+        d.api_name,
+        d.api_calls,
+        d.task_id,
+        d.task_type,
+        json.dumps(d.labels, sort_keys=True),
+        p.catalog_version,
+        p.counterparty,
+        p.reason,
+        d.reasoning_tokens,
+        d.sandbox_class,
+        d.provider,
+    )
+
+
+def _granted_row(h: Hold) -> tuple[Any, ...]:
+    return (
+        h.budget_id,
+        h.reservation_id,
+        h.period_start,
+        h.amount_nanos,
+        h.state,
+        h.created_at,
+        h.expires_at,
+        h.ended_at,
+        h.committed_nanos,
+        h.overrun,
+        h.late,
+        h.details,
+        h.reserve_fingerprint,
+        h.reserve_response,
+        h.end_fingerprint,
+        h.end_response,
+    )
+
+
+def _ended_row(h: Hold) -> tuple[Any, ...]:
+    return (
+        h.budget_id,
+        h.reservation_id,
+        h.state,
+        h.ended_at,
+        h.committed_nanos,
+        h.overrun,
+        h.late,
+        h.details,
+        h.end_fingerprint,
+        h.end_response,
+    )
+
+
+def _balance_row(key: tuple[int, datetime], p: PeriodRow) -> tuple[Any, ...]:
+    b = p.balance
+    crossed = "{" + ",".join(str(c) for c in sorted(p.crossed)) + "}"
+    return (*key, b.limit, b.spent, b.held, crossed, p.phase.value)
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -524,7 +525,7 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 @asynccontextmanager
 async def unit(pool: asyncpg.Pool) -> AsyncIterator[Unit]:
-    """One transaction; everything queued is written just before the commit, the events last."""
+    """One transaction; everything queued is written just before the commit."""
     async with db.connection(pool) as conn, conn.transaction():
         u = Unit(conn)
         yield u

@@ -69,10 +69,9 @@ async def apply(pool: asyncpg.Pool, budget: str, calls: Sequence[Call]) -> list[
     async with db.connection(pool) as conn, conn.transaction():
         u = Unit(conn)
         try:
-            account = await u.lock(budget)
+            account = await u.lock(budget, holds=[x.reservation_id for x in calls if x.reservation_id])
         except AuthorityError as exc:
             return [Reply(error=exc) for _ in calls]
-        await u.load_holds(account, [x.reservation_id for x in calls if x.reservation_id])
         if any(x.request_id for x in calls):
             await u.load_keys(_charge_scope(account), [x.request_id for x in calls if x.request_id])
         replies = []

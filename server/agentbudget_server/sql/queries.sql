@@ -67,6 +67,17 @@ UPDATE budget_periods
 SET limit_nanos = $3, spent_nanos = $4, held_nanos = $5, crossed_ppm = $6, phase = $7
 WHERE budget_id = $1 AND period_start = $2;
 
+-- name: get_period_with_holds
+-- A locked budget's period and the named reservations, read right after the lock (a statement of
+-- its own: see lock_budget). A period with none of them comes back as one row of NULL holds.
+SELECT p.period_start, p.period_end, p.limit_nanos, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
+       r.reservation_id, r.period_start AS r_period_start, r.amount_nanos, r.state, r.created_at, r.expires_at,
+       r.ended_at, r.committed_nanos, r.overrun, r.late, r.details, r.reserve_fingerprint, r.reserve_response,
+       r.end_fingerprint, r.end_response
+FROM budget_periods p
+LEFT JOIN reservations r ON r.budget_id = p.budget_id AND r.reservation_id = ANY ($3::text[])
+WHERE p.budget_id = $1 AND p.period_start = $2;
+
 -- name: get_reservations
 SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = ANY ($2::text[]);
 
@@ -76,54 +87,86 @@ SELECT * FROM reservations
 WHERE budget_id = $1 AND state = 'ACTIVE' AND expires_at <= $2
 ORDER BY expires_at, reservation_id;
 
--- name: insert_reservations
--- Holds granted in this transaction, in their final state (one may have ended in the same batch).
-INSERT INTO reservations (budget_id, reservation_id, period_start, amount_nanos, state, created_at,
-                          expires_at, ended_at, committed_nanos, overrun, late, details,
-                          reserve_fingerprint, reserve_response, end_fingerprint, end_response)
-SELECT r.budget_id, r.reservation_id, r.period_start, r.amount_nanos, r.state, r.created_at, r.expires_at,
-       r.ended_at, r.committed_nanos, r.overrun, r.late, r.details::jsonb, r.reserve_fingerprint,
-       r.reserve_response, r.end_fingerprint, r.end_response
-FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[], $6::timestamptz[],
-            $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::boolean[], $11::boolean[], $12::text[],
-            $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[])
-     AS r (budget_id, reservation_id, period_start, amount_nanos, state, created_at, expires_at, ended_at,
-           committed_nanos, overrun, late, details, reserve_fingerprint, reserve_response, end_fingerprint,
-           end_response);
-
--- name: update_reservations
--- Holds that existed before this transaction and ended in it.
-UPDATE reservations r
-SET state = u.state, ended_at = u.ended_at, committed_nanos = u.committed_nanos, overrun = u.overrun,
-    late = u.late, details = u.details::jsonb, end_fingerprint = u.end_fingerprint, end_response = u.end_response
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::boolean[],
-            $7::boolean[], $8::text[], $9::bytea[], $10::bytea[])
-     AS u (budget_id, reservation_id, state, ended_at, committed_nanos, overrun, late, details, end_fingerprint,
-           end_response)
-WHERE r.budget_id = u.budget_id AND r.reservation_id = u.reservation_id;
-
--- name: insert_entries
--- Every ledger row of a transaction in one statement, in the order of the arrays.
-INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spent_delta, held_delta,
-                            limit_delta, reservation_id, request_id, overrun, late, kind, model,
-                            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                            sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
-                            catalog_version, counterparty, reason, reasoning_tokens, sandbox_class,
-                            provider)
-SELECT e.budget_id, e.period_start, e.entry_type, $1, e.spent_delta, e.held_delta, e.limit_delta,
-       e.reservation_id, e.request_id, e.overrun, e.late, e.kind, e.model, e.input_tokens, e.output_tokens,
-       e.cache_read_tokens, e.cache_write_tokens, e.sandbox_nanos, e.api_name, e.api_calls, e.task_id,
-       e.task_type, e.labels::jsonb, e.catalog_version, e.counterparty, e.reason, e.reasoning_tokens,
-       e.sandbox_class, e.provider
-FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[],
-            $9::text[], $10::boolean[], $11::boolean[], $12::text[], $13::text[], $14::bigint[], $15::bigint[],
-            $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::bigint[], $21::text[], $22::text[],
-            $23::text[], $24::text[], $25::text[], $26::text[], $27::bigint[], $28::text[], $29::text[])
-     AS e (budget_id, period_start, entry_type, spent_delta, held_delta, limit_delta, reservation_id,
-           request_id, overrun, late, kind, model, input_tokens, output_tokens, cache_read_tokens,
-           cache_write_tokens, sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
-           catalog_version, counterparty, reason, reasoning_tokens, sandbox_class, provider)
-RETURNING id;
+-- name: write_unit
+-- Everything a unit of work changed, in one statement (one round trip): its ledger rows, the holds
+-- it granted (in their final state) and ended, its periods' balances and its events. The parts
+-- touch different rows, so running them side by side in one snapshot is safe; the event counter
+-- row is taken only when there are events, and last in the transaction either way.
+WITH entries AS (
+    INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spent_delta, held_delta,
+                                limit_delta, reservation_id, request_id, overrun, late, kind, model,
+                                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                                sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
+                                catalog_version, counterparty, reason, reasoning_tokens, sandbox_class,
+                                provider)
+    SELECT e.budget_id, e.period_start, e.entry_type, $1, e.spent_delta, e.held_delta, e.limit_delta,
+           e.reservation_id, e.request_id, e.overrun, e.late, e.kind, e.model, e.input_tokens, e.output_tokens,
+           e.cache_read_tokens, e.cache_write_tokens, e.sandbox_nanos, e.api_name, e.api_calls, e.task_id,
+           e.task_type, e.labels::jsonb, e.catalog_version, e.counterparty, e.reason, e.reasoning_tokens,
+           e.sandbox_class, e.provider
+    FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
+                $8::text[], $9::text[], $10::boolean[], $11::boolean[], $12::text[], $13::text[], $14::bigint[],
+                $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::bigint[],
+                $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::bigint[],
+                $28::text[], $29::text[])
+         AS e (budget_id, period_start, entry_type, spent_delta, held_delta, limit_delta, reservation_id,
+               request_id, overrun, late, kind, model, input_tokens, output_tokens, cache_read_tokens,
+               cache_write_tokens, sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
+               catalog_version, counterparty, reason, reasoning_tokens, sandbox_class, provider)
+    RETURNING id
+),
+granted AS (
+    INSERT INTO reservations (budget_id, reservation_id, period_start, amount_nanos, state, created_at,
+                              expires_at, ended_at, committed_nanos, overrun, late, details,
+                              reserve_fingerprint, reserve_response, end_fingerprint, end_response)
+    SELECT r.budget_id, r.reservation_id, r.period_start, r.amount_nanos, r.state, r.created_at, r.expires_at,
+           r.ended_at, r.committed_nanos, r.overrun, r.late, r.details::jsonb, r.reserve_fingerprint,
+           r.reserve_response, r.end_fingerprint, r.end_response
+    FROM unnest($30::bigint[], $31::text[], $32::timestamptz[], $33::bigint[], $34::text[], $35::timestamptz[],
+                $36::timestamptz[], $37::timestamptz[], $38::bigint[], $39::boolean[], $40::boolean[],
+                $41::text[], $42::bytea[], $43::bytea[], $44::bytea[], $45::bytea[])
+         AS r (budget_id, reservation_id, period_start, amount_nanos, state, created_at, expires_at, ended_at,
+               committed_nanos, overrun, late, details, reserve_fingerprint, reserve_response,
+               end_fingerprint, end_response)
+    RETURNING 1
+),
+ended AS (
+    UPDATE reservations r
+    SET state = u.state, ended_at = u.ended_at, committed_nanos = u.committed_nanos, overrun = u.overrun,
+        late = u.late, details = u.details::jsonb, end_fingerprint = u.end_fingerprint,
+        end_response = u.end_response
+    FROM unnest($46::bigint[], $47::text[], $48::text[], $49::timestamptz[], $50::bigint[], $51::boolean[],
+                $52::boolean[], $53::text[], $54::bytea[], $55::bytea[])
+         AS u (budget_id, reservation_id, state, ended_at, committed_nanos, overrun, late, details,
+               end_fingerprint, end_response)
+    WHERE r.budget_id = u.budget_id AND r.reservation_id = u.reservation_id
+    RETURNING 1
+),
+balances AS (
+    UPDATE budget_periods p
+    SET limit_nanos = b.limit_nanos, spent_nanos = b.spent_nanos, held_nanos = b.held_nanos,
+        crossed_ppm = b.crossed_ppm::integer[], phase = b.phase
+    FROM unnest($56::bigint[], $57::timestamptz[], $58::bigint[], $59::bigint[], $60::bigint[], $61::text[],
+                $62::text[])
+         AS b (budget_id, period_start, limit_nanos, spent_nanos, held_nanos, crossed_ppm, phase)
+    WHERE p.budget_id = b.budget_id AND p.period_start = b.period_start
+    RETURNING 1
+),
+seq AS (
+    UPDATE event_sequence SET last_id = last_id + cardinality($63::text[])
+    WHERE cardinality($63::text[]) > 0
+    RETURNING last_id
+),
+emitted AS (
+    INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload)
+    SELECT seq.last_id - cardinality($63::text[]) + e.ord, e.budget_id, e.budget_name, e.event_type, $1,
+           e.payload::jsonb
+    FROM seq,
+         unnest($63::text[], $64::bigint[], $65::text[], $66::text[])
+             WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, ord)
+    RETURNING 1
+)
+SELECT id FROM entries;
 
 -- name: get_idempotency_key
 SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_id = $2;
