@@ -20,7 +20,7 @@ from agentbudget.v1 import budget_authority_pb2 as pb
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from . import db, logs, settings
+from . import db, logs, reports_cli, settings
 from .errors import AuthorityError
 from .tables import render_table
 
@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     price.add_argument("--price-config", default=os.environ.get("AGENTBUDGET_PRICE_CONFIG", ""))
     price.add_argument("--json", action="store_true")
     price.set_defaults(run=cmd_price)
+    reports_cli.add_parsers(sub)
     return parser
 
 
