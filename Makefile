@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench protos check-protos clean
+.PHONY: serve demo test lint bench protos check-protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 serve: $(STAMP)
 	$(BIN)/agentbudget serve $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/agentbudget demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)

@@ -51,6 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    logs.setup("WARNING", "text")
+    s = settings.Settings(database_url=args.database_url, data_dir=args.data_dir)
+    return demo.main(_dsn(s), seed=args.seed, pace=args.pace, seconds=args.seconds, live=args.live, keep=args.keep)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     s = settings.load(args)
     logs.setup(s.log_level, s.log_format)
@@ -372,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     price.add_argument("--json", action="store_true")
     price.set_defaults(run=cmd_price)
     reports_cli.add_parsers(sub)
+    demo = sub.add_parser("demo", help="five simulated agents against a real authority, in under a minute")
+    demo.add_argument(
+        "--database-url",
+        default=os.environ.get("AGENTBUDGET_DATABASE_URL", ""),
+        help="a PostgreSQL allowed to CREATE DATABASE (default: the embedded one); the demo database is dropped",
+    )
+    demo.add_argument("--data-dir", default=settings.Settings.data_dir, help="of the embedded PostgreSQL")
+    demo.add_argument("--seed", type=int, default=7, help="the same seed tells the same story")
+    demo.add_argument("--pace", type=float, default=0.12, help="seconds each model call takes")
+    demo.add_argument("--seconds", type=float, default=50.0, help="stop the agents after this long")
+    demo.add_argument("--live", action=argparse.BooleanOptionalAction, default=None, help="default: on a terminal")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's database")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 
