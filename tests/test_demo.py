@@ -91,3 +91,11 @@ async def _check_books(dsn: str, total: Decimal) -> None:
             await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+def test_the_demo_database_sits_beside_the_given_one_even_behind_a_socket_path():
+    from agentbudget_server.demo import _dsn_for
+
+    assert _dsn_for("postgresql://postgres@127.0.0.1:5432/postgres", "d1") == "postgresql://postgres@127.0.0.1:5432/d1"
+    embedded = "postgresql://postgres:@/postgres?host=/home/me/.agentbudget/pgdata"
+    assert _dsn_for(embedded, "d1") == "postgresql://postgres:@/d1?host=/home/me/.agentbudget/pgdata"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -313,9 +314,8 @@ async def _refresh(client: BudgetClient, crew: Crew, started: float, out: TextIO
 
 
 def _dsn_for(admin_dsn: str, database: str) -> str:
-    base, _, rest = admin_dsn.rpartition("/")
-    _, sep, query = rest.partition("?")
-    return f"{base}/{database}{sep}{query}"
+    """The same server, another database (the query may hold a socket path: ?host=/run/...)."""
+    return urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{database}"))
 
 
 async def _admin(dsn: str, sql: str) -> None:
