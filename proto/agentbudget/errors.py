@@ -72,6 +72,22 @@ class UnavailableError(BudgetError):
     """The authority or its database is unreachable; retrying with the same id is safe."""
 
 
+class UnauthenticatedError(BudgetError):
+    """No credentials, or credentials the authority does not accept (expired, wrong audience...)."""
+
+
+class PermissionDeniedError(BudgetError):
+    """The caller's role or scope does not allow this call."""
+
+
+class RateLimitedError(BudgetError):
+    """Too many calls from this caller; retry after ``retry_after_ms``."""
+
+    @property
+    def retry_after_ms(self) -> int:
+        return int(self.metadata.get("retry_after_ms", "0") or 0)
+
+
 REASONS: dict[str, type[BudgetError]] = {
     "INVALID_FIELD": InvalidRequestError,
     "CURRENCY_MISMATCH": InvalidRequestError,
@@ -90,6 +106,10 @@ REASONS: dict[str, type[BudgetError]] = {
     "BUDGET_CONFLICT": BudgetConflictError,
     "DATABASE_UNAVAILABLE": UnavailableError,
     "SHUTTING_DOWN": UnavailableError,
+    "CREDENTIALS_MISSING": UnauthenticatedError,
+    "CREDENTIALS_INVALID": UnauthenticatedError,
+    "NOT_ALLOWED": PermissionDeniedError,
+    "RATE_LIMITED": RateLimitedError,
 }
 
 

@@ -78,6 +78,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: the external API is not in the price configuration."""
     UNKNOWN_TASK_CLASS: _ErrorReason.ValueType  # 17
     """INVALID_ARGUMENT: the task class is not in the budget's routing."""
+    CREDENTIALS_MISSING: _ErrorReason.ValueType  # 18
+    """UNAUTHENTICATED: no credentials, or credentials that are malformed, expired, revoked or for
+    another audience.
+    """
+    CREDENTIALS_INVALID: _ErrorReason.ValueType  # 19
+    NOT_ALLOWED: _ErrorReason.ValueType  # 20
+    """PERMISSION_DENIED: the caller's role or scope does not allow this call on these budgets
+    (whether they exist is not revealed); metadata "principal", "role", "method".
+    """
+    RATE_LIMITED: _ErrorReason.ValueType  # 21
+    """RESOURCE_EXHAUSTED: the caller's rate limit; metadata "retry_after_ms"."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable values of google.rpc.ErrorInfo.reason (the enum is documentation:
@@ -124,6 +135,17 @@ UNKNOWN_API: ErrorReason.ValueType  # 16
 """INVALID_ARGUMENT: the external API is not in the price configuration."""
 UNKNOWN_TASK_CLASS: ErrorReason.ValueType  # 17
 """INVALID_ARGUMENT: the task class is not in the budget's routing."""
+CREDENTIALS_MISSING: ErrorReason.ValueType  # 18
+"""UNAUTHENTICATED: no credentials, or credentials that are malformed, expired, revoked or for
+another audience.
+"""
+CREDENTIALS_INVALID: ErrorReason.ValueType  # 19
+NOT_ALLOWED: ErrorReason.ValueType  # 20
+"""PERMISSION_DENIED: the caller's role or scope does not allow this call on these budgets
+(whether they exist is not revealed); metadata "principal", "role", "method".
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 21
+"""RESOURCE_EXHAUSTED: the caller's rate limit; metadata "retry_after_ms"."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Period:
@@ -365,6 +387,7 @@ class BudgetSpec(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
+    AGENT_PRINCIPALS_FIELD_NUMBER: _builtins.int
     period: Global___Period.ValueType
     time_zone: _builtins.str
     """IANA time zone for period bounds; empty means UTC."""
@@ -385,6 +408,13 @@ class BudgetSpec(_message.Message):
     def routing(self) -> Global___Routing:
         """Overrides of the default routing (unset entries keep the defaults)."""
 
+    @_builtins.property
+    def agent_principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who may spend from this budget as its agent: principals such as
+        "system:serviceaccount:<namespace>:<name>" (set by the operator from the AgentBudget) or
+        "apikey:<name>". Empty: no agent (admins and coordinators in scope still may).
+        """
+
     def __init__(
         self,
         *,
@@ -395,10 +425,11 @@ class BudgetSpec(_message.Message):
         paused: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         routing: Global___Routing | None = ...,
+        agent_principals: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_thresholds", b"alert_thresholds", "labels", b"labels", "limit", b"limit", "paused", b"paused", "period", b"period", "routing", b"routing", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_principals", b"agent_principals", "alert_thresholds", b"alert_thresholds", "labels", b"labels", "limit", b"limit", "paused", b"paused", "period", b"period", "routing", b"routing", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1218,6 +1249,7 @@ class LedgerEntry(_message.Message):
     COUNTERPARTY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     budget: _builtins.str
     type: Global___EntryType.ValueType
@@ -1230,6 +1262,8 @@ class LedgerEntry(_message.Message):
     reason: _builtins.str
     catalog_version: _builtins.str
     """The price catalog that priced this entry, when the authority priced it."""
+    principal: _builtins.str
+    """Who caused it ("" when the server ran without authentication)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1261,10 +1295,11 @@ class LedgerEntry(_message.Message):
         counterparty: _builtins.str = ...,
         reason: _builtins.str = ...,
         catalog_version: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "held_delta", b"held_delta", "limit_delta", b"limit_delta", "period_start", b"period_start", "spent_delta", b"spent_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "catalog_version", b"catalog_version", "counterparty", b"counterparty", "create_time", b"create_time", "details", b"details", "held_delta", b"held_delta", "id", b"id", "late", b"late", "limit_delta", b"limit_delta", "overrun", b"overrun", "period_start", b"period_start", "reason", b"reason", "request_id", b"request_id", "reservation_id", b"reservation_id", "spent_delta", b"spent_delta", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "catalog_version", b"catalog_version", "counterparty", b"counterparty", "create_time", b"create_time", "details", b"details", "held_delta", b"held_delta", "id", b"id", "late", b"late", "limit_delta", b"limit_delta", "overrun", b"overrun", "period_start", b"period_start", "principal", b"principal", "reason", b"reason", "request_id", b"request_id", "reservation_id", b"reservation_id", "spent_delta", b"spent_delta", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1347,6 +1382,7 @@ class Event(_message.Message):
     COUNTERPARTY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     PERIOD_START_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Strictly increasing in commit order; resume with after_id."""
     type: Global___EventType.ValueType
@@ -1357,6 +1393,8 @@ class Event(_message.Message):
     reservation_id: _builtins.str
     counterparty: _builtins.str
     message: _builtins.str
+    principal: _builtins.str
+    """Who caused it ("" when the server ran without authentication, or for the sweeper's work)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1388,10 +1426,11 @@ class Event(_message.Message):
         counterparty: _builtins.str = ...,
         message: _builtins.str = ...,
         period_start: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "effective_limit", b"effective_limit", "held", b"held", "period_start", b"period_start", "spent", b"spent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "budget", b"budget", "counterparty", b"counterparty", "create_time", b"create_time", "effective_limit", b"effective_limit", "held", b"held", "id", b"id", "message", b"message", "period_start", b"period_start", "phase", b"phase", "reservation_id", b"reservation_id", "spent", b"spent", "threshold", b"threshold", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "budget", b"budget", "counterparty", b"counterparty", "create_time", b"create_time", "effective_limit", b"effective_limit", "held", b"held", "id", b"id", "message", b"message", "period_start", b"period_start", "phase", b"phase", "principal", b"principal", "reservation_id", b"reservation_id", "spent", b"spent", "threshold", b"threshold", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1541,6 +1580,7 @@ class QuerySpendRequest(_message.Message):
     COUNT_TASKS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PRINCIPALS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Only budgets of this namespace; empty means all."""
     time_zone: _builtins.str
@@ -1586,6 +1626,10 @@ class QuerySpendRequest(_message.Message):
     def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___SpendDimension.ValueType]:
         """No dimension: one group per currency, the totals."""
 
+    @_builtins.property
+    def principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only costs caused by these principals ("" matches costs recorded without one); empty means all."""
+
     def __init__(
         self,
         *,
@@ -1603,10 +1647,11 @@ class QuerySpendRequest(_message.Message):
         count_tasks: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        principals: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "count_tasks", b"count_tasks", "currency", b"currency", "end_time", b"end_time", "group_by", b"group_by", "kinds", b"kinds", "labels", b"labels", "models", b"models", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "task_types", b"task_types", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "count_tasks", b"count_tasks", "currency", b"currency", "end_time", b"end_time", "group_by", b"group_by", "kinds", b"kinds", "labels", b"labels", "models", b"models", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "principals", b"principals", "start_time", b"start_time", "task_types", b"task_types", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -274,3 +274,8 @@ CREATE TABLE read_cursors (
     horizon_xid bigint      NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Who may spend from a budget as its agent, and who caused each ledger row and event.
+ALTER TABLE budgets ADD COLUMN agent_principals text[] NOT NULL DEFAULT '{}';
+ALTER TABLE ledger_entries ADD COLUMN principal text;
+ALTER TABLE events ADD COLUMN principal text;
