@@ -257,5 +257,6 @@ class Exporter:
             await self._runner.cleanup()
 
     async def _scrape(self, request: web.Request) -> web.Response:
-        await self.refresh()
+        # A scraper that hangs up must not cut a read short between moving a position and counting.
+        await asyncio.shield(self.refresh())
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

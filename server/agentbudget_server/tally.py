@@ -11,7 +11,8 @@ Event ids increase in commit order without gaps, so their position is plain. Led
 from a sequence: a transaction may commit row N after another committed N+1, and a rolled-back
 one leaves N missing for good. The position therefore stops before a gap until the gap is known
 final: when every transaction that was running as the ids after it were seen has ended (the
-snapshot's xmin has passed the xmax recorded then), a row still missing never comes.
+snapshot's xmin has passed the xmax recorded then), a row still missing never comes — or, should
+a long transaction elsewhere hold xmin back, once the gap has waited ``GAP_WAIT`` seconds.
 
 Budget gauges (limit, spent, held, utilization, thresholds, phase) are read from the current
 periods on the same scrape: each replica reports the same values (take ``max``, not ``sum``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,10 @@ EVENTS = "metrics:events"
 BATCH = 5000
 ROUNDS = 20  # per scrape and source; a backlog beyond that is counted on the next scrapes
 TIMEOUT = 5.0  # seconds a scrape may spend reading; the exposition then shows what was read
+# xmin is the whole cluster's: any long writing transaction, in any database, holds it back. A gap
+# that has held the position this long is taken as final anyway (a ledger transaction that stays
+# open that long after a later row committed would go uncounted, in the metrics only).
+GAP_WAIT = 60.0
 
 
 def advance(last_id: int, ids: Sequence[int], gaps_final_to: int) -> int:
@@ -109,12 +115,17 @@ class Tally:
         self.budgets = BudgetCollector()
         metrics.register(self.budgets)
         self._lock = asyncio.Lock()  # concurrent scrapes take turns instead of racing for the positions
+        self._stuck: tuple[int, float] | None = None  # (position held by a gap, since when: monotonic)
 
     async def start(self) -> None:
-        """Positions start at the ends of the ledger and the outbox if this database has none yet."""
+        """Before the first call, so that nothing after it goes uncounted."""
         async with db.connection(self.pool) as conn:
-            await conn.execute(Q["metrics_init_ledger_cursor"], LEDGER)
-            await conn.execute(Q["metrics_init_events_cursor"], EVENTS)
+            await self._init(conn)
+
+    async def _init(self, conn: Any) -> None:
+        """Positions start at the ends of the ledger and the outbox if this database has none (yet, or any more)."""
+        await conn.execute(Q["metrics_init_ledger_cursor"], LEDGER)
+        await conn.execute(Q["metrics_init_events_cursor"], EVENTS)
 
     async def refresh(self) -> None:
         async with self._lock:
@@ -126,6 +137,7 @@ class Tally:
 
     async def _refresh(self) -> None:
         async with db.connection(self.pool) as conn:
+            await self._init(conn)
             for _ in range(ROUNDS):
                 if not await self._ledger_round(conn):
                     break
@@ -153,7 +165,7 @@ class Tally:
             seen = await conn.fetchrow(Q["metrics_ledger_ids_after"], cur["last_id"], BATCH)
             ids: list[int] = seen["ids"]
             gaps_final_to = cur["seen_id"] if seen["xmin"] >= cur["horizon_xid"] else cur["last_id"]
-            position = advance(cur["last_id"], ids, gaps_final_to)
+            position = self._past_old_gap(cur["last_id"], ids, advance(cur["last_id"], ids, gaps_final_to))
             rows = []
             if position > cur["last_id"]:
                 rows = await conn.fetch(Q["metrics_tally_ledger"], cur["last_id"], position)
@@ -161,6 +173,22 @@ class Tally:
             await conn.execute(Q["metrics_move_cursor"], LEDGER, position, seen_id, seen["xmax"])
         self._count_ledger(rows)  # only once the move is committed
         return len(ids) == BATCH and position > cur["last_id"]
+
+    def _past_old_gap(self, last_id: int, ids: Sequence[int], position: int) -> int:
+        """``position``, or past the gap after it if that gap has held it for ``GAP_WAIT`` seconds."""
+        after = next((i for i in ids if i > position), None)
+        if after is None:  # not held by a gap
+            self._stuck = None
+            return position
+        now = time.monotonic()
+        if self._stuck is None or self._stuck[0] != position:
+            self._stuck = (position, now)
+            return position
+        if now - self._stuck[1] < GAP_WAIT:
+            return position
+        log.warning("metrics: ledger ids %d..%d taken as rolled back after %.0fs", position + 1, after - 1, GAP_WAIT)
+        self._stuck = None
+        return advance(last_id, ids, after - 1)
 
     def _count_ledger(self, rows: list[asyncpg.Record]) -> None:
         m = self.metrics

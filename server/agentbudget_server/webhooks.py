@@ -159,6 +159,7 @@ class Delivery:
             woken.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), self.poll_seconds)
+        await conn.execute(Q["webhook_init_cursor"], self.name)  # in case the row was deleted: start anew
         position: int = await conn.fetchval(Q["webhook_position"], self.name)
         while True:
             woken.clear()
