@@ -267,3 +267,19 @@ async def test_time_zones_set_the_period_bounds(stub):
         "spec.time_zone",
     )
     assert datetime.now(UTC) < b.period_end.ToDatetime(tzinfo=UTC)
+
+
+async def test_agent_principals_are_stored_sorted_and_validated(stub):
+    spec = pb.BudgetSpec(
+        limit=usd("5"), agent_principals=["system:serviceaccount:team:agent", "apikey:ci", "apikey:ci"]
+    )
+    await stub.UpsertBudget(pb.UpsertBudgetRequest(name="team/agent", spec=spec))
+    got = (await stub.GetBudget(pb.GetBudgetRequest(name="team/agent"))).budget
+    assert list(got.spec.agent_principals) == ["apikey:ci", "system:serviceaccount:team:agent"]
+    bad = pb.BudgetSpec(limit=usd("5"), agent_principals=["has space"])
+    await expect_error(
+        stub.UpsertBudget(pb.UpsertBudgetRequest(name="team/agent", spec=bad)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "spec.agent_principals",
+    )

@@ -286,3 +286,37 @@ async def test_grouping_off_is_one_transaction_per_call(dsn):
     finally:
         await a.stop(grace=0.5)
     assert await audit(dsn) == []
+
+
+async def test_each_call_of_a_batch_records_its_own_principal(dsn):
+    from agentbudget_server import principal
+
+    a = await app.start(server_settings(), dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            await make_budget(pb_grpc.BudgetAuthorityStub(ch), name=B, limit="10")
+    finally:
+        await a.stop(grace=0.5)
+    calls = []
+    for who, rid in (("apikey:alice", "a"), ("system:serviceaccount:team:bob", "b"), (None, "c")):
+        token = principal.bind(None if who is None else principal.Principal(who, principal.AGENT))
+        try:  # planned in the caller's context, applied later by the batch
+            calls.append(as_call(pb.ReserveRequest(budget=B, reservation_id=rid, amount=usd("4"))))
+        finally:
+            principal.unbind(token)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        replies = await ledger.apply(pool, B, calls)
+        async with pool.acquire() as conn:
+            holds = await conn.fetch(
+                "SELECT reservation_id, principal FROM ledger_entries WHERE entry_type = 'HOLD' ORDER BY id"
+            )
+            denied = await conn.fetch("SELECT principal FROM events WHERE event_type = 'RESERVATION_DENIED'")
+    finally:
+        await pool.close()
+    assert [type(r.error).__name__ if r.error else "ok" for r in replies] == ["ok", "ok", "BudgetExceeded"]
+    assert [(h["reservation_id"], h["principal"]) for h in holds] == [
+        ("a", "apikey:alice"),
+        ("b", "system:serviceaccount:team:bob"),
+    ]
+    assert [d["principal"] for d in denied] == [None]  # the third call ran unauthenticated

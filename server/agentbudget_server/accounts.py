@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from . import db, periods, rules
+from . import db, periods, principal, rules
 from .errors import BudgetNotFound
 from .model import BudgetRow, Details, PeriodRow, ReservationView
 from .money import checked_sum
@@ -153,11 +153,13 @@ _MISSING: Any = object()
 
 
 class Unit:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, principal: str | None = None) -> None:
         self.conn = conn
         self.now: datetime | None = None
-        self._events: list[tuple[str, int, str, str]] = []
-        self._entries: list[tuple[int, datetime, Posting, EntryRef]] = []
+        # Who the changes are for (recorded on each ledger row and event); a batch sets it per call.
+        self.principal = principal
+        self._events: list[tuple[str, int, str, str, str | None]] = []
+        self._entries: list[tuple[int, datetime, Posting, EntryRef, str | None]] = []
         self._periods: dict[tuple[int, datetime], PeriodRow] = {}
         self._dirty_periods: dict[tuple[int, datetime], PeriodRow] = {}
         self._holds: dict[tuple[int, str], Hold | None] = {}
@@ -389,7 +391,7 @@ class Unit:
 
     def _queue_entry(self, budget_id: int, period_start: datetime, posting: Posting) -> EntryRef:
         ref = EntryRef()
-        self._entries.append((budget_id, period_start, posting, ref))
+        self._entries.append((budget_id, period_start, posting, ref, self.principal))
         return ref
 
     async def write(self) -> None:
@@ -399,15 +401,17 @@ class Unit:
             records = await self.conn.fetch(
                 Q["write_unit"],
                 self.now,
-                *_columns([_entry_row(b, start, p) for b, start, p, _ in self._entries], 28),
+                *_columns([_entry_row(b, start, p) for b, start, p, _, _ in self._entries], 28),
                 *_columns([_granted_row(h) for h in self._dirty_holds.values() if h.new], 16),
                 *_columns([_ended_row(h) for h in self._dirty_holds.values() if not h.new], 10),
                 *_columns([_balance_row(key, p) for key, p in self._dirty_periods.items()], 7),
-                *_columns(self._events, 4),
+                *_columns([e[:4] for e in self._events], 4),
+                [e[4] for e in self._entries],
+                [e[4] for e in self._events],
             )
             # Identity values are drawn row by row in the order of the arrays: sorted, they are in order.
-            for (*_, ref), entry_id in zip(self._entries, sorted(r["id"] for r in records), strict=True):
-                ref.id = entry_id
+            for entry, entry_id in zip(self._entries, sorted(r["id"] for r in records), strict=True):
+                entry[3].id = entry_id
         for callback in self._on_written:
             callback()
         if self._new_keys:
@@ -430,7 +434,9 @@ class Unit:
             "period_start": account.period.start.isoformat(),
             **extra,
         }
-        self._events.append((event_type.value, account.budget.id, account.budget.name, json.dumps(payload)))
+        self._events.append(
+            (event_type.value, account.budget.id, account.budget.name, json.dumps(payload), self.principal)
+        )
 
 
 def _restore(mapping: dict[Any, Any], key: Any, value: Any) -> None:
@@ -527,6 +533,6 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 async def unit(pool: asyncpg.Pool) -> AsyncIterator[Unit]:
     """One transaction; everything queued is written just before the commit."""
     async with db.connection(pool) as conn, conn.transaction():
-        u = Unit(conn)
+        u = Unit(conn, principal.current_name())
         yield u
         await u.write()

@@ -70,6 +70,7 @@ async def _create(u: Unit, cmd: c.Upsert) -> UpsertResult:
         end,
         now,
         json.dumps(s.routing, sort_keys=True),
+        list(s.agent_principals),
     )
     assert row is not None
     budget = BudgetRow.from_record(row)
@@ -105,6 +106,7 @@ async def _update(u: Unit, account: Account, spec: Spec) -> UpsertResult:
         _json(spec.labels),
         u.now,
         json.dumps(spec.routing, sort_keys=True),
+        list(spec.agent_principals),
     )
     assert row is not None and u.now is not None
     account.budget = BudgetRow.from_record(row)

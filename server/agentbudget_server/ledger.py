@@ -11,13 +11,14 @@ a later transaction or in the same one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 from agentbudget import routing
 
 from . import commands as c
 from . import db, pricing, rules
+from . import principal as principal_of
 from .accounts import Account, Hold, Posting, Reply, StoredKey, Unit, unit
 from .budgets import route_in
 from .errors import (
@@ -58,6 +59,9 @@ class Call:
     apply: Callable[[Unit, Account], Awaitable[Reply]]
     reservation_id: str | None = None  # read ahead with the batch's other reservations
     request_id: str | None = None  # a RecordCost's idempotency key, read ahead likewise
+    # Who makes the call: taken where the call is planned (the caller's context), since a batch
+    # is applied by a task of its own.
+    principal: str | None = field(default_factory=principal_of.current_name)
 
 
 async def apply(pool: asyncpg.Pool, budget: str, calls: Sequence[Call]) -> list[Reply]:
@@ -76,6 +80,7 @@ async def apply(pool: asyncpg.Pool, budget: str, calls: Sequence[Call]) -> list[
             await u.load_keys(_charge_scope(account), [x.request_id for x in calls if x.request_id])
         replies = []
         for call in calls:
+            u.principal = call.principal
             mark = u.mark()
             try:
                 replies.append(await call.apply(u, account))

@@ -85,6 +85,8 @@ class Spec:
     labels: dict[str, str]
     # Overrides only, shaped as an AgentBudget's spec.routing: {"tiers": {...}, "taskClasses": {...}}
     routing: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Who may spend from it as its agent ("system:serviceaccount:ns:sa", "apikey:name"), sorted.
+    agent_principals: tuple[str, ...] = ()
 
 
 @dataclass
@@ -113,6 +115,7 @@ class BudgetRow:
                 paused=row["paused"],
                 labels=json.loads(labels) if isinstance(labels, str) else dict(labels),
                 routing=_json(row["routing"]),
+                agent_principals=tuple(row["agent_principals"]),
             ),
             period_start=row["period_start"],
             period_end=row["period_end"],
@@ -205,6 +208,7 @@ class Entry:
     counterparty: str | None
     reason: str | None
     catalog_version: str | None = None
+    principal: str | None = None
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Entry:
@@ -226,6 +230,7 @@ class Entry:
             counterparty=row["counterparty"],
             reason=row["reason"],
             catalog_version=row["catalog_version"],
+            principal=row["principal"],
         )
 
 
@@ -237,11 +242,13 @@ class Event:
     currency: str
     created_at: datetime
     payload: dict[str, Any]
+    principal: str | None = None
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Event:
         payload = row["payload"]
         return cls(
+            principal=row["principal"],
             id=row["id"],
             event_type=row["event_type"],
             budget=row["budget_name"],

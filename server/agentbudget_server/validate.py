@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -254,7 +254,21 @@ def spec(value: pb.BudgetSpec, field: str = "spec") -> Spec:
         paused=value.paused,
         labels=labels(value.labels, f"{field}.labels"),
         routing=overrides,
+        agent_principals=principals(value.agent_principals, f"{field}.agent_principals"),
     )
+
+
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._@/-]{0,252}$")
+
+
+def principals(values: Sequence[str], field: str) -> tuple[str, ...]:
+    """Principal names as authentication reports them: no spaces, at most 253 characters."""
+    if len(values) > 16:
+        raise InvalidField(field, "at most 16 principals")
+    for value in values:
+        if not _PRINCIPAL.match(value):
+            raise InvalidField(field, f"{value!r} is not a principal name (e.g. system:serviceaccount:ns:name)")
+    return tuple(sorted(set(values)))
 
 
 def upsert(req: pb.UpsertBudgetRequest) -> c.Upsert:

@@ -72,6 +72,7 @@ def budget(view: BudgetView) -> pb.Budget:
             paused=s.paused,
             labels=s.labels,
             routing=pb.Routing(tiers=s.routing.get("tiers", {}), task_classes=s.routing.get("taskClasses", {})),
+            agent_principals=s.agent_principals,
         ),
         phase=pb.Phase.Value(p.phase.value),
         effective_limit=money(p.balance.limit, cur),
@@ -136,6 +137,7 @@ def entry(e: Entry) -> pb.LedgerEntry:
         counterparty=e.counterparty or "",
         reason=e.reason or "",
         catalog_version=e.catalog_version or "",
+        principal=e.principal or "",
     )
 
 
@@ -176,6 +178,7 @@ def event(e: Event) -> pb.Event:
         counterparty=p.get("counterparty", ""),
         message=p.get("message", "") or "",
         period_start=ts(datetime.fromisoformat(p["period_start"])),
+        principal=e.principal or "",
     )
     if "amount" in p:
         out.amount.CopyFrom(money(p["amount"], e.currency))

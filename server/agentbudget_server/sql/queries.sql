@@ -40,14 +40,14 @@ SELECT * FROM budget_periods WHERE budget_id = $1 AND period_start = $2;
 
 -- name: insert_budget
 INSERT INTO budgets (name, currency, limit_nanos, period, time_zone, thresholds_ppm, paused, labels,
-                     period_start, period_end, created_at, updated_at, routing)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $11, $12::jsonb)
+                     period_start, period_end, created_at, updated_at, routing, agent_principals)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $11, $12::jsonb, $13)
 RETURNING *;
 
 -- name: update_budget_spec
 UPDATE budgets
 SET limit_nanos = $2, period = $3, time_zone = $4, thresholds_ppm = $5, paused = $6, labels = $7::jsonb,
-    deleted_at = NULL, updated_at = $8, routing = $9::jsonb
+    deleted_at = NULL, updated_at = $8, routing = $9::jsonb, agent_principals = $10
 WHERE id = $1
 RETURNING *;
 
@@ -98,21 +98,21 @@ WITH entries AS (
                                 input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
                                 sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
                                 catalog_version, counterparty, reason, reasoning_tokens, sandbox_class,
-                                provider)
+                                provider, principal)
     SELECT e.budget_id, e.period_start, e.entry_type, $1, e.spent_delta, e.held_delta, e.limit_delta,
            e.reservation_id, e.request_id, e.overrun, e.late, e.kind, e.model, e.input_tokens, e.output_tokens,
            e.cache_read_tokens, e.cache_write_tokens, e.sandbox_nanos, e.api_name, e.api_calls, e.task_id,
            e.task_type, e.labels::jsonb, e.catalog_version, e.counterparty, e.reason, e.reasoning_tokens,
-           e.sandbox_class, e.provider
+           e.sandbox_class, e.provider, e.principal
     FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
                 $8::text[], $9::text[], $10::boolean[], $11::boolean[], $12::text[], $13::text[], $14::bigint[],
                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::bigint[],
                 $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::bigint[],
-                $28::text[], $29::text[])
+                $28::text[], $29::text[], $67::text[])
          AS e (budget_id, period_start, entry_type, spent_delta, held_delta, limit_delta, reservation_id,
                request_id, overrun, late, kind, model, input_tokens, output_tokens, cache_read_tokens,
                cache_write_tokens, sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
-               catalog_version, counterparty, reason, reasoning_tokens, sandbox_class, provider)
+               catalog_version, counterparty, reason, reasoning_tokens, sandbox_class, provider, principal)
     RETURNING id
 ),
 granted AS (
@@ -158,12 +158,12 @@ seq AS (
     RETURNING last_id
 ),
 emitted AS (
-    INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload)
+    INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload, principal)
     SELECT seq.last_id - cardinality($63::text[]) + e.ord, e.budget_id, e.budget_name, e.event_type, $1,
-           e.payload::jsonb
+           e.payload::jsonb, e.principal
     FROM seq,
-         unnest($63::text[], $64::bigint[], $65::text[], $66::text[])
-             WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, ord)
+         unnest($63::text[], $64::bigint[], $65::text[], $66::text[], $68::text[])
+             WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, principal, ord)
     RETURNING 1
 )
 SELECT id FROM entries;
