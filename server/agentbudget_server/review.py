@@ -18,6 +18,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import report_ranges, svg
 from . import report_text as fmt
+from .periods import zone
+
+CHART_ROWS = 25  # a fleet of thousands: the chart shows the biggest, the table a few more
+TABLE_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -60,17 +64,19 @@ def _ts(value: datetime) -> Timestamp:
     return out
 
 
-async def _groups(client: BudgetClient, request: pb.QuerySpendRequest) -> tuple[list[pb.SpendGroup], pb.SpendGroup]:
-    """Every group (all pages), and the total (an empty one when nothing matched)."""
+async def _groups(
+    client: BudgetClient, request: pb.QuerySpendRequest, first: int = 0
+) -> tuple[list[pb.SpendGroup], pb.SpendGroup]:
+    """The first ``first`` groups (0: every page), and the total (an empty one when nothing matched)."""
     groups: list[pb.SpendGroup] = []
     total = pb.SpendGroup()
-    request.page_size = 1000
+    request.page_size = first or 1000
     while True:
         resp: pb.QuerySpendResponse = await client.call(client.stub.QuerySpend, request)
         groups.extend(resp.groups)
         if resp.totals:
             total = resp.totals[0]
-        if not resp.next_page_token:
+        if not resp.next_page_token or first:
             return groups, total
         request.page_token = resp.next_page_token
 
@@ -103,7 +109,11 @@ async def gather(
             count_tasks=tasks,
         )
 
-    per_budget, total = await _groups(client, request(pb.SPEND_BY_BUDGET, tasks=True))
+    # Every page of a query runs it anew, and counting tasks reads the ledger: tasks are counted
+    # for the agents the table shows, the spend of all of them comes from the rollup.
+    per_budget, _ = await _groups(client, request(pb.SPEND_BY_BUDGET))
+    with_tasks, total = await _groups(client, request(pb.SPEND_BY_BUDGET, tasks=True), first=TABLE_ROWS)
+    tasks = {g.budget: g.tasks for g in with_tasks}
     per_model, _ = await _groups(client, request(pb.SPEND_BY_MODEL))
     per_task_type, _ = await _groups(client, request(pb.SPEND_BY_TASK_TYPE, tasks=True))
     per_day, _ = await _groups(client, request(pb.SPEND_BY_DAY))
@@ -117,7 +127,7 @@ async def gather(
             name=name,
             spent=to_decimal(spent[name].cost) if name in spent else Decimal(0),
             limit=month_allowance(budgets[name], days_in_month) if name in budgets else None,
-            tasks=spent[name].tasks if name in spent else 0,
+            tasks=tasks.get(name, 0),
             entries=spent[name].entries if name in spent else 0,
         )
         for name in sorted(set(budgets) | set(spent))
@@ -161,8 +171,8 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        max-width: 960px; }
 h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 32px 0 8px; }
 .caption { color: #5b6475; margin: 0 0 20px; }
-.tiles { display: flex; gap: 16px; margin: 16px 0; }
-.tile { border: 1px solid #d9dee8; border-radius: 8px; padding: 10px 16px; min-width: 150px; }
+.tiles { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
+.tile { border: 1px solid #d9dee8; border-radius: 8px; padding: 10px 16px; min-width: 140px; }
 .tile .n { font-size: 20px; font-weight: 600; } .tile .t { color: #5b6475; font-size: 12px; }
 svg .label, svg .value, svg .axis, svg .empty { font-size: 12px; fill: #1d2330; }
 svg .axis { fill: #5b6475; } svg .grid { stroke: #e3e7ee; }
@@ -184,8 +194,16 @@ def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> 
     return f"<table><tr>{cells('th', headers)}</tr>{body}</table>"
 
 
+def _local(t: datetime, time_zone: str) -> str:
+    return t.astimezone(zone(time_zone if time_zone != "UTC" else "")).strftime("%Y-%m-%d %H:%M")
+
+
 def _tile(title: str, value: str) -> str:
     return f'<div class="tile"><div class="n">{escape(value)}</div><div class="t">{escape(title)}</div></div>'
+
+
+def _rest(count: int, cost: Decimal, what: str, currency: str) -> str:
+    return f'<p class="note">and {fmt.count(count)} more {what}, {_money(cost, currency)} together</p>' if count else ""
 
 
 def render(r: Review) -> str:
@@ -198,16 +216,19 @@ def render(r: Review) -> str:
             _money(a.spent, cur) + (f" of {_money(a.limit, cur)}" if a.limit is not None else ""),
             a.limit,
         )
-        for a in r.agents
+        for a in r.agents[:CHART_ROWS]
     ]
-    models = [svg.Bar(m.label, m.cost, f"{_money(m.cost, cur)} ({fmt.share(m.cost, r.total)})") for m in r.models]
+    models = [
+        svg.Bar(m.label, m.cost, f"{_money(m.cost, cur)} ({fmt.share(m.cost, r.total)})") for m in r.models[:CHART_ROWS]
+    ]
     task_types = [
-        svg.Bar(t.label, t.cost, f"{_money(t.cost, cur)} ({fmt.share(t.cost, r.total)})") for t in r.task_types
+        svg.Bar(t.label, t.cost, f"{_money(t.cost, cur)} ({fmt.share(t.cost, r.total)})")
+        for t in r.task_types[:CHART_ROWS]
     ]
     per_task = sorted((t for t in r.task_types if t.tasks), key=lambda t: (-_per_task(t.cost, t.tasks), t.label))
     per_task_bars = [
         svg.Bar(t.label, _per_task(t.cost, t.tasks), f"{_money(_per_task(t.cost, t.tasks), cur)} × {t.tasks} tasks")
-        for t in per_task
+        for t in per_task[:CHART_ROWS]
     ]
     top_day = max([d.cost for d in r.days] + [Decimal(0)])
     axis = [fmt.amount((top_day * i / 3).quantize(fmt.CENT, ROUND_HALF_UP)) for i in range(4)]
@@ -224,7 +245,8 @@ def render(r: Review) -> str:
     sections = [
         (
             "agents",
-            "Spend per agent against its limit",
+            "Spend per agent against its limit"
+            + (f" (the {CHART_ROWS} biggest of {len(r.agents)})" if len(r.agents) > CHART_ROWS else ""),
             svg.hbar_chart("chart-agents", f"Spend per agent in {r.month}", agents),
             _table(
                 ["agent", "spent", "limit", "used", "tasks"],
@@ -236,8 +258,11 @@ def render(r: Review) -> str:
                         fmt.share(a.spent, a.limit) if a.limit else "-",
                         fmt.count(a.tasks),
                     ]
-                    for a in r.agents
+                    for a in r.agents[:TABLE_ROWS]
                 ],
+            )
+            + _rest(
+                len(r.agents[TABLE_ROWS:]), sum((a.spent for a in r.agents[TABLE_ROWS:]), Decimal(0)), "agents", cur
             ),
         ),
         (
@@ -246,7 +271,13 @@ def render(r: Review) -> str:
             svg.hbar_chart("chart-models", f"Spend per model in {r.month}", models),
             _table(
                 ["model", "spent", "share", "entries"],
-                [[m.label, _money(m.cost, cur), fmt.share(m.cost, r.total), fmt.count(m.entries)] for m in r.models],
+                [
+                    [m.label, _money(m.cost, cur), fmt.share(m.cost, r.total), fmt.count(m.entries)]
+                    for m in r.models[:TABLE_ROWS]
+                ],
+            )
+            + _rest(
+                len(r.models[TABLE_ROWS:]), sum((m.cost for m in r.models[TABLE_ROWS:]), Decimal(0)), "models", cur
             ),
         ),
         (
@@ -255,7 +286,16 @@ def render(r: Review) -> str:
             svg.hbar_chart("chart-task-types", f"Spend per task type in {r.month}", task_types),
             _table(
                 ["task type", "spent", "share", "tasks"],
-                [[t.label, _money(t.cost, cur), fmt.share(t.cost, r.total), fmt.count(t.tasks)] for t in r.task_types],
+                [
+                    [t.label, _money(t.cost, cur), fmt.share(t.cost, r.total), fmt.count(t.tasks)]
+                    for t in r.task_types[:TABLE_ROWS]
+                ],
+            )
+            + _rest(
+                len(r.task_types[TABLE_ROWS:]),
+                sum((t.cost for t in r.task_types[TABLE_ROWS:]), Decimal(0)),
+                "task types",
+                cur,
             ),
         ),
         (
@@ -278,8 +318,8 @@ def render(r: Review) -> str:
         f"<title>AgentBudget review {escape(r.month)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Spend review {escape(r.month)}</h1>",
-        f'<p class="caption">{escape(scope)}, in {escape(cur)}; {escape(r.start.isoformat())} to '
-        f"{escape(r.end.isoformat())} ({escape(r.time_zone)})</p>",
+        f'<p class="caption">{escape(scope)}, in {escape(cur)}; {escape(_local(r.start, r.time_zone))} to '
+        f"{escape(_local(r.end, r.time_zone))} ({escape(r.time_zone)})</p>",
         '<div class="tiles">' + "".join(_tile(t, v) for t, v in tiles) + "</div>",
     ]
     for anchor, heading, chart, table in sections:

@@ -153,46 +153,51 @@ def bucket_name(dimension: Dimension, start: datetime, time_zone: str) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 
 
+def arguments(q: SpendQuery, budget_ids: list[int] | None) -> list[Any]:
+    """The parameters of the query_spend statement, in order."""
+    p = plan(q)
+    by = set(q.group_by)
+    bucket = q.bucket
+    labels = dict(q.labels)
+    return [
+        p.months[0],
+        p.months[1],
+        p.days[0][0],
+        p.days[0][1],
+        p.days[1][0],
+        p.days[1][1],
+        p.ledger[0][0],
+        p.ledger[0][1],
+        p.ledger[1][0],
+        p.ledger[1][1],
+        budget_ids,
+        q.namespace,
+        list(q.kinds) or None,
+        list(q.models) or None,
+        list(q.task_types) or None,
+        _json(labels) if labels else None,
+        q.currency,
+        Dimension.BUDGET in by,
+        Dimension.MODEL in by,
+        Dimension.TASK_TYPE in by,
+        Dimension.KIND in by,
+        bucket.value if bucket else "",
+        q.time_zone or "UTC",
+        q.count_tasks,
+        q.page_size + 1,
+        q.offset,
+    ]
+
+
 async def query(pool: asyncpg.Pool, q: SpendQuery) -> SpendResult:
     async with db.connection(pool) as conn, conn.transaction(readonly=True):
         await conn.execute(Q["report_settings"])
         budget_ids = await _budget_ids(conn, q.budgets)
-        p = plan(q)
-        by = set(q.group_by)
-        bucket = q.bucket
-        labels = dict(q.labels)
         try:
-            rows = await conn.fetch(
-                Q["query_spend"],
-                p.months[0],
-                p.months[1],
-                p.days[0][0],
-                p.days[0][1],
-                p.days[1][0],
-                p.days[1][1],
-                p.ledger[0][0],
-                p.ledger[0][1],
-                p.ledger[1][0],
-                p.ledger[1][1],
-                budget_ids,
-                q.namespace,
-                list(q.kinds) or None,
-                list(q.models) or None,
-                list(q.task_types) or None,
-                _json(labels) if labels else None,
-                q.currency,
-                Dimension.BUDGET in by,
-                Dimension.MODEL in by,
-                Dimension.TASK_TYPE in by,
-                Dimension.KIND in by,
-                bucket.value if bucket else "",
-                q.time_zone or "UTC",
-                q.count_tasks,
-                q.page_size + 1,
-                q.offset,
-            )
+            rows = await conn.fetch(Q["query_spend"], *arguments(q, budget_ids))
         except asyncpg.InvalidParameterValueError as exc:  # a zone Python knows and PostgreSQL does not
             raise InvalidField("time_zone", f"unknown time zone {q.time_zone!r} ({exc})") from None
+    bucket = q.bucket
     totals = [_group(r, None, q.time_zone) for r in rows if r["is_total"]]
     groups = [_group(r, bucket, q.time_zone) for r in rows if not r["is_total"]]
     count = int(rows[0]["group_count"]) if rows else 0

@@ -12,7 +12,7 @@ from html import escape
 
 WIDTH = 900
 LABEL_WIDTH = 200
-VALUE_WIDTH = 150
+VALUE_WIDTH = 200  # room for "28.60 USD of 600.00 USD" after the longest bar
 ROW = 26
 BAR = 16
 MIN_BAR = 2.0  # a nonzero amount stays visible however small
@@ -67,7 +67,9 @@ def hbar_chart(chart_id: str, title: str, bars: Sequence[Bar]) -> str:
                 f'<line class="limit" x1="{x:.1f}" x2="{x:.1f}" y1="{mid - BAR / 2 - 3:.1f}" '
                 f'y2="{mid + BAR / 2 + 3:.1f}"/>'
             )
-        parts.append(f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{mid + 4:.1f}" class="value">{escape(b.text)}</text>')
+        # The value reads past the bar and past the limit marker, whichever ends later.
+        end = max(width, _scale(b.limit, top, area) + 3 if b.limit is not None and b.limit > 0 else 0.0)
+        parts.append(f'<text x="{LABEL_WIDTH + end + 6:.1f}" y="{mid + 4:.1f}" class="value">{escape(b.text)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 

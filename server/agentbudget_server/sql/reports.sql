@@ -2,10 +2,12 @@
 
 -- name: report_settings
 -- The report query switches its branches and filters on and off by parameter ($n IS NULL OR
--- ...; empty ranges): a plan made for the actual values prunes them, a generic plan could not.
--- JIT compilation costs more than these aggregates over indexed ranges take.
+-- ...; $a < $b AND ...): a plan made for the actual values prunes them, a generic plan could not.
+-- JIT compilation costs more than these aggregates over indexed ranges take; a month of a large
+-- fleet is hundreds of thousands of rollup rows, grouped in memory.
 SET LOCAL plan_cache_mode = force_custom_plan;
 SET LOCAL jit = off;
+SET LOCAL work_mem = '64MB';
 
 -- name: spend_budget_ids
 -- Deleted budgets included: their spend stays reportable.
@@ -24,20 +26,22 @@ SELECT id, name FROM budgets WHERE name = ANY ($1::text[]);
 -- Page: $25 rows, after $26 rows.
 WITH src AS (
     SELECT m.budget_id, m.month::timestamp AT TIME ZONE 'UTC' AS at, m.kind, m.model, m.task_type,
-           m.cost_nanos, m.entries, m.input_tokens, m.output_tokens, m.cache_read_tokens,
-           m.cache_write_tokens, m.sandbox_nanos, NULL::text AS task_id
+           m.cost_nanos::bigint AS cost_nanos, m.entries, m.input_tokens::bigint AS input_tokens,
+           m.output_tokens::bigint AS output_tokens, m.cache_read_tokens::bigint AS cache_read_tokens,
+           m.cache_write_tokens::bigint AS cache_write_tokens, m.sandbox_nanos::bigint AS sandbox_nanos,
+           NULL::text AS task_id
     FROM spend_monthly m
-    WHERE m.month >= $1 AND m.month < $2
+    WHERE $1::date < $2::date AND m.month >= $1 AND m.month < $2
       AND ($11::bigint[] IS NULL OR m.budget_id = ANY ($11))
       AND ($13::text[] IS NULL OR m.kind = ANY ($13))
       AND ($14::text[] IS NULL OR m.model = ANY ($14))
       AND ($15::text[] IS NULL OR m.task_type = ANY ($15))
     UNION ALL
     SELECT d.budget_id, d.day::timestamp AT TIME ZONE 'UTC', d.kind, d.model, d.task_type,
-           d.cost_nanos, d.entries, d.input_tokens, d.output_tokens, d.cache_read_tokens,
-           d.cache_write_tokens, d.sandbox_nanos, NULL
+           d.cost_nanos::bigint, d.entries, d.input_tokens::bigint, d.output_tokens::bigint,
+           d.cache_read_tokens::bigint, d.cache_write_tokens::bigint, d.sandbox_nanos::bigint, NULL
     FROM spend_daily d
-    WHERE ((d.day >= $3 AND d.day < $4) OR (d.day >= $5 AND d.day < $6))
+    WHERE (($3::date < $4::date AND d.day >= $3 AND d.day < $4) OR ($5::date < $6::date AND d.day >= $5 AND d.day < $6))
       AND ($11::bigint[] IS NULL OR d.budget_id = ANY ($11))
       AND ($13::text[] IS NULL OR d.kind = ANY ($13))
       AND ($14::text[] IS NULL OR d.model = ANY ($14))
@@ -49,14 +53,18 @@ WITH src AS (
            CASE WHEN $24 THEN e.task_id END
     FROM ledger_entries e
     WHERE e.entry_type IN ('COMMIT', 'CHARGE')
-      AND ((e.created_at >= $7 AND e.created_at < $8) OR (e.created_at >= $9 AND e.created_at < $10))
+      AND (($7::timestamptz < $8::timestamptz AND e.created_at >= $7 AND e.created_at < $8)
+           OR ($9::timestamptz < $10::timestamptz AND e.created_at >= $9 AND e.created_at < $10))
       AND ($11::bigint[] IS NULL OR e.budget_id = ANY ($11))
       AND ($13::text[] IS NULL OR coalesce(e.kind, '') = ANY ($13))
       AND ($14::text[] IS NULL OR coalesce(e.model, '') = ANY ($14))
       AND ($15::text[] IS NULL OR coalesce(e.task_type, '') = ANY ($15))
-      AND ($16::jsonb IS NULL OR e.labels @> $16)
+      -- labels <> '{}' is implied by any label filter; stating it lets the partial GIN index serve
+      -- a fleet-wide one. Not for chosen budgets: their own index finds far fewer rows, and
+      -- containment estimates are too rough for the planner to know that.
+      AND ($16::jsonb IS NULL OR (e.labels @> $16 AND ($11::bigint[] IS NOT NULL OR e.labels <> '{}')))
 ),
-keyed AS (
+keyed AS NOT MATERIALIZED (
     SELECT b.currency,
            CASE WHEN $18 THEN s.budget_id END AS budget_id,
            CASE WHEN $19 THEN s.model END AS model,
@@ -69,25 +77,38 @@ keyed AS (
     JOIN budgets b ON b.id = s.budget_id
     WHERE ($12 = '' OR starts_with(b.name, $12 || '/')) AND ($17 = '' OR b.currency = $17)
 ),
--- One row per group and task id (the task id is NULL unless tasks are counted), and per currency
--- and task id for the totals: distinct tasks are then a plain count, never a sort.
-per_task AS (
-    SELECT currency, budget_id, model, task_type, kind, bucket, task_id,
-           GROUPING(budget_id, model, task_type, kind, bucket) <> 0 AS is_total,
+sums AS (
+    SELECT GROUPING(budget_id, model, task_type, kind, bucket) <> 0 AS is_total,
+           currency, budget_id, model, task_type, kind, bucket,
            sum(cost_nanos) AS cost_nanos, sum(entries) AS entries, sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
            sum(cache_write_tokens) AS cache_write_tokens, sum(sandbox_nanos) AS sandbox_nanos
     FROM keyed
-    GROUP BY GROUPING SETS ((currency, budget_id, model, task_type, kind, bucket, task_id), (currency, task_id))
+    GROUP BY GROUPING SETS ((currency, budget_id, model, task_type, kind, bucket), (currency))
+),
+-- Distinct task ids, only when asked: one narrow row per group and task id (and per currency
+-- and task id, for the totals), then counted. The sums above never carry a row per task.
+tasks AS (
+    SELECT is_total, currency, budget_id, model, task_type, kind, bucket, count(*) AS tasks
+    FROM (SELECT GROUPING(budget_id, model, task_type, kind, bucket) <> 0 AS is_total,
+                 currency, budget_id, model, task_type, kind, bucket
+          FROM keyed
+          WHERE $24 AND task_id IS NOT NULL
+          GROUP BY GROUPING SETS ((currency, budget_id, model, task_type, kind, bucket, task_id),
+                                  (currency, task_id))) AS per_task
+    GROUP BY is_total, currency, budget_id, model, task_type, kind, bucket
 ),
 grouped AS (
-    SELECT is_total, currency, budget_id, model, task_type, kind, bucket,
-           sum(cost_nanos) AS cost_nanos, sum(entries) AS entries, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
-           sum(cache_write_tokens) AS cache_write_tokens, sum(sandbox_nanos) AS sandbox_nanos,
-           count(task_id) AS tasks
-    FROM per_task
-    GROUP BY is_total, currency, budget_id, model, task_type, kind, bucket
+    -- Keys not grouped by are NULL on both sides; the sentinels make them equal for a hash join.
+    SELECT s.*, coalesce(t.tasks, 0) AS tasks
+    FROM sums s
+    LEFT JOIN tasks t
+           ON t.is_total = s.is_total AND t.currency = s.currency
+          AND coalesce(t.budget_id, 0) = coalesce(s.budget_id, 0)
+          AND coalesce(t.model, E'\x01') = coalesce(s.model, E'\x01')
+          AND coalesce(t.task_type, E'\x01') = coalesce(s.task_type, E'\x01')
+          AND coalesce(t.kind, E'\x01') = coalesce(s.kind, E'\x01')
+          AND coalesce(t.bucket, '-infinity') = coalesce(s.bucket, '-infinity')
 ),
 ranked AS (
     SELECT g.*, b.name AS budget,

@@ -260,7 +260,7 @@ CREATE TRIGGER ledger_entries_spend_rollup
 -- through a GIN index of the cost rows' labels.
 CREATE INDEX ledger_entries_created_brin ON ledger_entries USING brin (created_at);
 CREATE INDEX ledger_entries_cost_labels_idx ON ledger_entries USING gin (labels jsonb_path_ops)
-    WHERE entry_type IN ('COMMIT', 'CHARGE');
+    WHERE entry_type IN ('COMMIT', 'CHARGE') AND labels <> '{}';
 
 -- Positions of the readers that consume the event outbox or the ledger exactly once across all
 -- replicas: each alert webhook ('webhook:<digest of kind and URL>' — the URL, often a secret, is

@@ -120,4 +120,4 @@ GROUP BY 1, 2, 3, 4, 5;
 -- through a GIN index of the cost rows' labels.
 CREATE INDEX ledger_entries_created_brin ON ledger_entries USING brin (created_at);
 CREATE INDEX ledger_entries_cost_labels_idx ON ledger_entries USING gin (labels jsonb_path_ops)
-    WHERE entry_type IN ('COMMIT', 'CHARGE');
+    WHERE entry_type IN ('COMMIT', 'CHARGE') AND labels <> '{}';
