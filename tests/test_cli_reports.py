@@ -117,13 +117,25 @@ async def test_the_total_for_november(report):
 
 
 async def test_how_costs_trend_day_by_day(report):
-    run = await report("--period", "2026-11", "--by", "day", "--currency", "USD", "--format", "csv")
+    run = await report("--period", "2026-11", "--by", "day", "--currency", "USD")
     assert run.code == 0, run.err
-    data = list(csv.DictReader(io.StringIO(run.out)))
+    table = rows(run)
+    days = [r[0] for r in table[:-1]]
+    assert days == sorted(november_by_day())  # a trend reads in time order
+    assert {r[0]: Decimal(r[1].split()[0]) for r in table[:-1]} == november_by_day()
+    bars = {r[0]: r[-1] for r in table[:-1]}
+    assert bars["2026-11-23"] == "█" * 30 and bars["2026-11-02"] == "█" * 27  # 6.00 the most, 5.30 / 6.00 of it
+    assert table[-1][:2] == ["TOTAL", "34.60 USD"]
+    by_cost = await report("--period", "2026-11", "--by", "day", "--currency", "USD", "--sort", "cost", "--top", "3")
+    assert [r[:2] for r in rows(by_cost)[:3]] == [
+        ["2026-11-23", "6.00 USD"],
+        ["2026-11-16", "5.90 USD"],
+        ["2026-11-02", "5.30 USD"],
+    ]
+    as_csv = await report("--period", "2026-11", "--by", "day", "--currency", "USD", "--format", "csv")
+    data = list(csv.DictReader(io.StringIO(as_csv.out)))
     assert {r["day"]: Decimal(r["cost"]) for r in data} == november_by_day()
-    assert data[0]["bucket_start"] == "2026-11-23T00:00:00Z"  # the most expensive day first
-    table = await report("--period", "2026-11", "--by", "day", "--currency", "USD")
-    assert rows(table)[0][:2] == ["2026-11-23", "6.00 USD"] and rows(table)[-1][:2] == ["TOTAL", "34.60 USD"]
+    assert data[0]["bucket_start"] == "2026-11-02T00:00:00Z"
 
 
 # -- formats, filters, ranges ------------------------------------------------------------------

@@ -178,9 +178,36 @@ def _drop_empty_columns(
     return [headers[i] for i in keep], [[r[i] for i in keep] for r in rows]
 
 
+TIME = (pb.SPEND_BY_DAY, pb.SPEND_BY_WEEK, pb.SPEND_BY_MONTH)
+TREND_BAR = 30
+
+
+def _sort_key(g: pb.SpendGroup, dims: Sequence[pb.SpendDimension.ValueType]) -> tuple[Any, ...]:
+    return tuple(g.bucket_start.ToNanoseconds() if d in TIME else _key(g, d) for d in dims)
+
+
+def in_order(req: pb.QuerySpendRequest, resp: pb.QuerySpendResponse, sort: str) -> bool:
+    """Reorders the groups by their keys (a trend reads in time order); True when it did."""
+    dims = list(req.group_by)
+    by_key = sort == "key" or (not sort and bool(dims) and dims[0] in TIME)
+    if by_key and dims:
+        ordered = sorted(resp.groups, key=lambda g: _sort_key(g, dims))
+        del resp.groups[:]
+        resp.groups.extend(ordered)
+    return by_key and bool(dims)
+
+
+def _trend_bar(cost: Decimal, top: Decimal) -> str:
+    return "█" * max(1 if cost > 0 else 0, int(cost / top * TREND_BAR + Decimal("0.5"))) if top > 0 else ""
+
+
 def render_table_report(
-    req: pb.QuerySpendRequest, resp: pb.QuerySpendResponse, span: tuple[datetime | None, datetime | None]
+    req: pb.QuerySpendRequest,
+    resp: pb.QuerySpendResponse,
+    span: tuple[datetime | None, datetime | None],
+    trend: bool = False,
 ) -> str:
+    """``trend``: the groups are in time order; a bar column shows each one's cost."""
     dims = list(req.group_by)
     totals = {t.cost.currency_code: to_decimal(t.cost) for t in resp.totals}
     usage = ["INPUT TOK", "OUTPUT TOK", "CACHE TOK", "SANDBOX"]
@@ -199,8 +226,15 @@ def render_table_report(
         return fmt.share(to_decimal(g.cost), totals.get(g.cost.currency_code, Decimal(0)))
 
     rows = [[_key(g, d) for d in dims] + numbers(g, share(g)) for g in resp.groups]
+    trend = trend and bool(dims) and dims[0] in TIME
+    if trend:
+        top = max((to_decimal(g.cost) for g in resp.groups), default=Decimal(0))
+        headers.append("")
+        rows = [[*r, _trend_bar(to_decimal(g.cost), top)] for r, g in zip(rows, resp.groups, strict=True)]
     if dims:
-        rows += [["TOTAL"] + [""] * (len(dims) - 1) + numbers(t, "100.0%") for t in resp.totals]
+        rows += [
+            ["TOTAL"] + [""] * (len(dims) - 1) + numbers(t, "100.0%") + ([""] if trend else []) for t in resp.totals
+        ]
     else:
         headers[0:0] = [""]
         rows = [["TOTAL", *numbers(t, "100.0%")] for t in resp.totals]
@@ -283,12 +317,13 @@ async def _report(args: argparse.Namespace) -> None:
             return
         req, span = build_request(args)
         resp = await fetch(client, req, args.top)
+    trend = in_order(req, resp, args.sort)
     if args.format == "json":
         print(render_json_report(req, resp, span))
     elif args.format == "csv":
         print(render_csv_report(req, resp))
     else:
-        print(render_table_report(req, resp, span))
+        print(render_table_report(req, resp, span, trend))
 
 
 def _run(coro: Any) -> int:
@@ -506,6 +541,12 @@ def add_parsers(sub: Any) -> None:
     report.add_argument("--currency", default="", help="only budgets in this currency")
     report.add_argument("--tasks", action="store_true", help="also count distinct task ids (reads the ledger)")
     report.add_argument("--top", type=int, default=0, help="only the N most expensive groups (default: all)")
+    report.add_argument(
+        "--sort",
+        choices=("cost", "key"),
+        default="",
+        help="most expensive first (cost) or by the groups' keys (default: cost, by time when --by starts with a time)",
+    )
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--json", action="store_true", help="the same as --format json")
     report.add_argument("--review", default="", metavar="YYYY-MM", help="write the monthly review page (with --html)")
