@@ -396,8 +396,8 @@ class Unit:
 
     async def write(self) -> None:
         """Everything queued, in one statement; then the idempotency keys, whose responses may name
-        the ledger rows' ids."""
-        if self._entries or self._dirty_holds or self._dirty_periods or self._events:
+        the ledger rows' ids; the events last."""
+        if self._entries or self._dirty_holds or self._dirty_periods:
             records = await self.conn.fetch(
                 Q["write_unit"],
                 self.now,
@@ -405,9 +405,7 @@ class Unit:
                 *_columns([_granted_row(h) for h in self._dirty_holds.values() if h.new], 16),
                 *_columns([_ended_row(h) for h in self._dirty_holds.values() if not h.new], 10),
                 *_columns([_balance_row(key, p) for key, p in self._dirty_periods.items()], 7),
-                *_columns([e[:4] for e in self._events], 4),
                 [e[4] for e in self._entries],
-                [e[4] for e in self._events],
             )
             # Identity values are drawn row by row in the order of the arrays: sorted, they are in order.
             for entry, entry_id in zip(self._entries, sorted(r["id"] for r in records), strict=True):
@@ -417,6 +415,9 @@ class Unit:
         if self._new_keys:
             rows = [(s, r, k.fingerprint, k.reply.data) for (s, r), k in self._new_keys.items()]
             await self.conn.execute(Q["insert_idempotency_keys"], *_columns(rows, 4))
+        if self._events:
+            types, ids, names, payloads, principals = _columns(self._events, 5)
+            await self.conn.execute(Q["insert_events"], types, ids, names, payloads, self.now, principals)
         for pending in (self._entries, self._on_written, self._undo, self._events):
             pending.clear()
         for changed in (self._dirty_holds, self._dirty_periods, self._new_keys):

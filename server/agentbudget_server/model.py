@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -37,15 +37,19 @@ class Details:
     sandbox_class: str | None = None
     provider: str | None = None
 
+    def set_fields(self) -> dict[str, Any]:
+        """The fields that are set (on the hot path: no ``asdict``, which deep-copies)."""
+        return {k: v for k in _DETAIL_FIELDS if (v := getattr(self, k)) is not None and v != {}}
+
     def merged(self, newer: Details) -> Details:
         """``newer``'s set fields win (a commit's actual usage over the reserve's estimate)."""
-        changes: dict[str, Any] = {k: v for k, v in asdict(newer).items() if v not in (None, {})}
+        changes = newer.set_fields()
         if newer.labels:
             changes["labels"] = {**self.labels, **newer.labels}
         return replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v not in (None, {})}, sort_keys=True)
+        return json.dumps(self.set_fields(), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | dict[str, Any] | None) -> Details:
@@ -72,6 +76,9 @@ class Details:
             sandbox_class=row["sandbox_class"],
             provider=row["provider"],
         )
+
+
+_DETAIL_FIELDS = tuple(f.name for f in fields(Details))
 
 
 @dataclass(frozen=True)

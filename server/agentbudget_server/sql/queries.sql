@@ -88,10 +88,12 @@ WHERE budget_id = $1 AND state = 'ACTIVE' AND expires_at <= $2
 ORDER BY expires_at, reservation_id;
 
 -- name: write_unit
--- Everything a unit of work changed, in one statement (one round trip): its ledger rows, the holds
--- it granted (in their final state) and ended, its periods' balances and its events. The parts
--- touch different rows, so running them side by side in one snapshot is safe; the event counter
--- row is taken only when there are events, and last in the transaction either way.
+-- Everything a unit of work changed but its events, in one statement (one round trip): its ledger
+-- rows, the holds it granted (in their final state) and ended, and its periods' balances. The
+-- parts touch different rows, so running them side by side in one snapshot is safe. The events
+-- go in their own statement (insert_events), only when there are any: even a conditional update
+-- of the event counter inside this statement was seen to lock its row, serialising every
+-- transaction of every budget.
 WITH entries AS (
     INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spent_delta, held_delta,
                                 limit_delta, reservation_id, request_id, overrun, late, kind, model,
@@ -108,7 +110,7 @@ WITH entries AS (
                 $8::text[], $9::text[], $10::boolean[], $11::boolean[], $12::text[], $13::text[], $14::bigint[],
                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::bigint[],
                 $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::bigint[],
-                $28::text[], $29::text[], $67::text[])
+                $28::text[], $29::text[], $63::text[])
          AS e (budget_id, period_start, entry_type, spent_delta, held_delta, limit_delta, reservation_id,
                request_id, overrun, late, kind, model, input_tokens, output_tokens, cache_read_tokens,
                cache_write_tokens, sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
@@ -151,22 +153,21 @@ balances AS (
          AS b (budget_id, period_start, limit_nanos, spent_nanos, held_nanos, crossed_ppm, phase)
     WHERE p.budget_id = b.budget_id AND p.period_start = b.period_start
     RETURNING 1
-),
-seq AS (
-    UPDATE event_sequence SET last_id = last_id + cardinality($63::text[])
-    WHERE cardinality($63::text[]) > 0
-    RETURNING last_id
-),
-emitted AS (
-    INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload, principal)
-    SELECT seq.last_id - cardinality($63::text[]) + e.ord, e.budget_id, e.budget_name, e.event_type, $1,
-           e.payload::jsonb, e.principal
-    FROM seq,
-         unnest($63::text[], $64::bigint[], $65::text[], $66::text[], $68::text[])
-             WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, principal, ord)
-    RETURNING 1
 )
 SELECT id FROM entries;
+
+-- name: insert_events
+-- The last statement of a transaction that has events: taking the counter row last serialises
+-- only the final moments of event-writing transactions, and makes ids increase in commit order.
+WITH seq AS (
+    UPDATE event_sequence SET last_id = last_id + cardinality($1::text[]) RETURNING last_id
+)
+INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload, principal)
+SELECT seq.last_id - cardinality($1::text[]) + e.ord, e.budget_id, e.budget_name, e.event_type, $5,
+       e.payload::jsonb, e.principal
+FROM seq,
+     unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $6::text[])
+         WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, principal, ord);
 
 -- name: get_idempotency_key
 SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_id = $2;
@@ -180,19 +181,6 @@ SELECT request_id, fingerprint, response FROM idempotency_keys WHERE scope = $1 
 -- name: insert_idempotency_keys
 INSERT INTO idempotency_keys (scope, request_id, fingerprint, response)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]);
-
--- name: insert_events
--- Taking the counter row last serialises only the final moments of event-writing transactions,
--- and makes ids increase in commit order.
-WITH seq AS (
-    UPDATE event_sequence SET last_id = last_id + cardinality($1::text[]) RETURNING last_id
-)
-INSERT INTO events (id, budget_id, budget_name, event_type, created_at, payload)
-SELECT seq.last_id - cardinality($1::text[]) + e.ord, e.budget_id, e.budget_name, e.event_type, $5,
-       e.payload::jsonb
-FROM seq,
-     unnest($1::text[], $2::bigint[], $3::text[], $4::text[])
-         WITH ORDINALITY AS e (event_type, budget_id, budget_name, payload, ord);
 
 -- name: read_budget
 SELECT b.*, p.limit_nanos AS p_limit, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
