@@ -6,15 +6,25 @@
             await hold.commit("0.42")
 
 A hold that is neither committed nor released when the block ends is released (an exception
-included). Calls that fail as UNAVAILABLE are retried with the same id, which the authority
-makes safe.
+included). Calls that fail as UNAVAILABLE or RATE_LIMITED are retried with the same id, which
+the authority makes safe.
+
+In a pod, ``connect_from_env()`` takes the target, TLS and token from the environment
+(``AGENTBUDGET_TARGET``, ``AGENTBUDGET_TLS``, ``AGENTBUDGET_CA_FILE``, ``AGENTBUDGET_TOKEN_FILE``, ...;
+see :class:`agentbudget.credentials.ConnectionOptions`)::
+
+    async with agentbudget.client.connect_from_env() as client:
+        ...
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import os
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -25,13 +35,23 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type.money_pb2 import Money
 
-from .errors import BudgetError, UnavailableError, from_rpc_error
+from .credentials import (
+    DEFAULT_TARGET,
+    ConnectionOptions,
+    TokenSource,
+    bearer_interceptors,
+    channel_credentials,
+    is_loopback,
+)
+from .errors import BudgetError, RateLimitedError, UnavailableError, from_rpc_error
 from .v1 import budget_authority_pb2 as pb
 from .v1 import budget_authority_pb2_grpc as pb_grpc
 
 Amount: TypeAlias = Decimal | str | int | Money
 NANOS = 1_000_000_000
 MAX_BACKOFF = 2.0
+log = logging.getLogger("agentbudget.client")
+MAX_RATE_LIMIT_WAIT = 5.0  # however long the authority asks a rate-limited caller to wait
 
 
 def money(amount: Amount, currency: str = "USD") -> Money:
@@ -139,17 +159,21 @@ class BudgetClient:
         await self.channel.close(None)
 
     async def call(self, method: Any, request: Any) -> Any:
-        """``method(request)``, retried with the very same request while the authority is unavailable."""
+        """``method(request)``, retried with the very same request while the authority is unavailable
+        or rate-limits the caller (after the wait it asks for)."""
         attempt = 0
         while True:
             try:
                 return await method(request)
             except grpc.aio.AioRpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
-                if not isinstance(error, UnavailableError) or attempt >= self.retries:
+                if not isinstance(error, UnavailableError | RateLimitedError) or attempt >= self.retries:
                     raise error from rpc_error
             attempt += 1
-            await asyncio.sleep(min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1)))
+            delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
+            if isinstance(error, RateLimitedError) and error.retry_after_ms > 0:
+                delay = min(MAX_RATE_LIMIT_WAIT, error.retry_after_ms / 1000)
+            await asyncio.sleep(delay)
 
     # -- agents --------------------------------------------------------------------------------
 
@@ -333,13 +357,104 @@ class BudgetClient:
 def connect(
     target: str,
     *,
+    tls: bool | None = None,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    server_name: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     retries: int = 3,
     options: list[tuple[str, object]] | None = None,
 ) -> BudgetClient:
-    """A client over a new channel (plaintext unless ``credentials`` are given)."""
+    """A client over a new channel.
+
+    TLS with ``tls=True`` (the server verified against the system roots, or against ``ca_file``, a PEM
+    bundle; a ``cert_file`` + ``key_file`` client certificate adds mTLS), or with ``credentials`` made
+    by the caller; a CA file or a client certificate alone turn TLS on too (``tls=False`` with one is
+    an error). Else plaintext. ``server_name`` is the name the server's certificate must carry when
+    it is not the target's host (an IP address, a port-forward). ``token`` or ``token_file`` is sent
+    on every call as ``authorization: Bearer <token>``; a token file is re-read when it changes
+    (projected tokens rotate).
+    """
+    return _connect(
+        target,
+        ConnectionOptions(tls, ca_file, cert_file, key_file, token, token_file, server_name),
+        credentials=credentials,
+        retries=retries,
+        options=options,
+    )
+
+
+def connect_from_env(
+    target: str | None = None,
+    *,
+    tls: bool | None = None,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    server_name: str | None = None,
+    env: Mapping[str, str] | None = None,
+    retries: int = 3,
+    options: list[tuple[str, object]] | None = None,
+) -> BudgetClient:
+    """``connect()`` with the agents' environment as defaults: ``AGENTBUDGET_TARGET`` (default
+    127.0.0.1:50051), ``AGENTBUDGET_TLS`` (1/0), ``AGENTBUDGET_CA_FILE``, ``AGENTBUDGET_CERT_FILE``,
+    ``AGENTBUDGET_KEY_FILE``, ``AGENTBUDGET_TOKEN``, ``AGENTBUDGET_TOKEN_FILE`` (default
+    /var/run/secrets/agentbudget.io/token when it exists), ``AGENTBUDGET_SERVER_NAME``.
+
+    An argument that is not None wins over its variable; an empty string turns a file off.
+    """
+    env = os.environ if env is None else env
+    resolved = ConnectionOptions.from_env(env)
+    given: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "tls": tls,
+            "ca_file": ca_file,
+            "cert_file": cert_file,
+            "key_file": key_file,
+            "server_name": server_name,
+        }.items()
+        if v is not None
+    }
+    if token is not None or token_file is not None:  # one source of token replaces the other
+        given.update(token=token or None, token_file=token_file or None)
+    if tls is False:  # plaintext asked for: the environment's files do not apply
+        given = {"ca_file": None, "cert_file": None, "key_file": None, **given}
+    cleared: dict[str, Any] = {k: v if v != "" else None for k, v in given.items()}
+    resolved = dataclasses.replace(resolved, **cleared)
+    return _connect(
+        target or env.get("AGENTBUDGET_TARGET") or DEFAULT_TARGET, resolved, retries=retries, options=options
+    )
+
+
+def _connect(
+    target: str,
+    opts: ConnectionOptions,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    retries: int = 3,
+    options: list[tuple[str, object]] | None = None,
+) -> BudgetClient:
+    if credentials is not None and opts.uses_tls:
+        raise ValueError("give credentials or TLS options, not both")
+    if opts.uses_tls:
+        credentials = channel_credentials(opts.ca_file, opts.cert_file, opts.key_file)
+    channel_options = list(options or [])
+    if opts.server_name and credentials is not None:
+        channel_options.append(("grpc.ssl_target_name_override", opts.server_name))
+    source = TokenSource(opts.token, opts.token_file)
+    interceptors = bearer_interceptors(source) if source else None
+    if source and credentials is None and not is_loopback(target):
+        log.warning("sending a bearer token to %s without TLS", target)
     if credentials is None:
-        channel = grpc.aio.insecure_channel(target, options=options)
+        channel = grpc.aio.insecure_channel(target, options=channel_options or None, interceptors=interceptors)
     else:
-        channel = grpc.aio.secure_channel(target, credentials, options=options)
+        channel = grpc.aio.secure_channel(
+            target, credentials, options=channel_options or None, interceptors=interceptors
+        )
     return BudgetClient(channel, retries=retries)
