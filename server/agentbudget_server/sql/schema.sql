@@ -209,6 +209,9 @@ CREATE INDEX spend_monthly_month_idx ON spend_monthly (month);
 CREATE FUNCTION agentbudget_roll_up_spend() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
+    IF NOT EXISTS (SELECT FROM new_entries WHERE entry_type IN ('COMMIT', 'CHARGE')) THEN
+        RETURN NULL;  -- holds, releases, expiries: nothing to roll up
+    END IF;
     INSERT INTO spend_daily AS s (budget_id, day, kind, model, task_type, cost_nanos, entries, input_tokens,
                                   output_tokens, cache_read_tokens, cache_write_tokens, sandbox_nanos)
     SELECT budget_id, (created_at AT TIME ZONE 'UTC')::date, coalesce(kind, ''), coalesce(model, ''),
