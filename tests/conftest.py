@@ -66,8 +66,16 @@ def dsn(template_db: str) -> Iterator[str]:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+# Authorities the tests start as processes (procs.py, the CLI) and in-process run without
+# authentication or rate limits unless a test sets them (tests/test_auth_*.py do).
+os.environ.setdefault("AGENTBUDGET_AUTH", "none")
+os.environ.setdefault("AGENTBUDGET_RATE_LIMIT_PER_SECOND", "0")
+
+
 def server_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {
+        "auth": "none",
+        "rate_limit_per_second": 0,
         "listen": "127.0.0.1:0",
         "min_ttl_seconds": 0.2,
         "sweep_interval_seconds": 0.2,

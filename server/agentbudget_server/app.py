@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import db, ledger, pricing
+from .auth.access import Access
 from .events import EventHub
 from .groupcommit import GroupCommit
 from .observability import Observability
@@ -32,12 +33,17 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
 def create_server(
-    address: str, servicer: BudgetAuthority, *, reuse_port: bool = False, interceptors: Sequence[Any] = ()
+    address: str,
+    servicer: BudgetAuthority,
+    *,
+    reuse_port: bool = False,
+    interceptors: Sequence[Any] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port.
 
     ``reuse_port`` lets worker processes share one port; otherwise a port in use is an error, not
-    a silent share with whatever holds it.
+    a silent share with whatever holds it. With ``credentials`` the port speaks TLS only.
     """
     server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", int(reuse_port))])
     pb_grpc.add_BudgetAuthorityServicer_to_server(servicer, server)
@@ -47,7 +53,7 @@ def create_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port, health_servicer
@@ -64,6 +70,7 @@ class Authority:
     sweeper: asyncio.Task[None]
     holds: GroupCommit
     observability: Observability
+    access: Access | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -79,6 +86,8 @@ class Authority:
         await self.hub.close()  # ends WatchEvents streams, so stop() need not wait the whole grace
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.holds.close()
+        if self.access is not None:
+            self.access.close()
         await self.observability.close()  # before the pool: a scrape reads through it
         await self.pool.close()
 
@@ -93,6 +102,7 @@ async def _sweep_forever(pool: asyncpg.Pool, interval: float) -> None:
 
 
 async def start(settings: Settings, dsn: str, *, reuse_port: bool = False) -> Authority:
+    access = Access.load(settings)  # first: a bad certificate or keys file fails before anything starts
     pool = await db.create_pool(dsn, settings.pool_min, settings.pool_max)
     hub = EventHub(pool, dsn, settings.event_poll_seconds)
     await hub.start()
@@ -100,13 +110,20 @@ async def start(settings: Settings, dsn: str, *, reuse_port: bool = False) -> Au
     servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config), holds)
     observability = await Observability.start(settings, dsn, pool)
     server, port, health_servicer = create_server(
-        settings.listen, servicer, reuse_port=reuse_port, interceptors=observability.interceptors
+        settings.listen,
+        servicer,
+        reuse_port=reuse_port,
+        # Metrics outermost: refusals are counted by their code like any other answer.
+        interceptors=[*observability.interceptors, access.interceptor(settings, pool)],
+        credentials=access.credentials,
     )
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_seconds), name="sweeper")
-    return Authority(settings, pool, hub, server, health_servicer, port, sweeper, holds, observability=observability)
+    return Authority(
+        settings, pool, hub, server, health_servicer, port, sweeper, holds, observability=observability, access=access
+    )
 
 
 async def serve(settings: Settings, dsn: str, *, reuse_port: bool = False) -> None:

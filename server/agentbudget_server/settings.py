@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .auth.mode import CHOICES as AUTH_MODES
+
 ENV_PREFIX = "AGENTBUDGET_"
 WEBHOOK_KINDS = ("slack", "json")
 
@@ -75,6 +77,24 @@ class Settings:
     # Alert webhooks for threshold, exhausted and denied events: flag --webhook KIND=URL
     # (repeatable), env AGENTBUDGET_WEBHOOKS (a JSON list).
     webhooks: tuple[Webhook, ...] = ()
+    # Who may call (docs/security.md). auth: auto (required once a database_url is set, none for
+    # the embedded quick start), required, or none (development: every caller an admin).
+    auth: str = "auto"
+    # TLS for the gRPC port (PEM files); a client CA makes it mTLS (client certificates required).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # The API server of the TokenReviews: a kubeconfig path, "" for in-cluster.
+    kube_config: str = ""
+    token_cache_seconds: float = 30.0
+    api_keys_file: str = ""
+    roles_file: str = ""  # service-account principal -> role and scope
+    # Admins of everything (the operator's service account): flag --admin-principal (repeatable),
+    # env AGENTBUDGET_ADMIN_PRINCIPALS (comma-separated).
+    admin_principals: tuple[str, ...] = ()
+    # Per-principal token bucket (per replica); a rate of 0 turns it off.
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 400
 
     @property
     def default_ttl(self) -> timedelta:
@@ -105,6 +125,14 @@ class Settings:
             raise ValueError("listen must be host:port")
         if self.metrics_listen and ":" not in self.metrics_listen:
             raise ValueError("metrics_listen must be host:port, or empty to turn metrics off")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}")
+        if bool(self.tls_cert) != bool(self.tls_key) or (self.tls_client_ca and not self.tls_cert):
+            raise ValueError("tls_cert and tls_key go together, and tls_client_ca needs them")
+        if self.token_cache_seconds < 0 or self.rate_limit_per_second < 0:
+            raise ValueError("token_cache_seconds and rate_limit_per_second may not be negative")
+        if self.rate_limit_per_second and self.rate_limit_burst < 1:
+            raise ValueError("rate_limit_burst must be at least 1")
         return self
 
 
@@ -120,11 +148,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             text = f"KIND=URL with KIND slack or json; repeatable; env {env} (a JSON list)"
             parser.add_argument("--webhook", dest=f.name, type=webhook, action="append", default=None, help=text)
             continue
+        if f.name == "admin_principals":
+            text = f"a principal with the admin role; repeatable; env {env} (comma-separated)"
+            parser.add_argument("--admin-principal", dest=f.name, action="append", default=None, help=text)
+            continue
         kind: Any = type(f.default)
         parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=f"env {env}")
 
 
-_FROM_ENV: dict[str, Callable[[str], Any]] = {"webhooks": webhooks_from_env}
+def comma_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+_FROM_ENV: dict[str, Callable[[str], Any]] = {"webhooks": webhooks_from_env, "admin_principals": comma_list}
 
 
 def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
