@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from . import db, logs, reports_cli, settings
+from .auth import cli as auth_cli
 from .errors import AuthorityError
 from .tables import render_table
 
@@ -412,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     price.add_argument("--json", action="store_true")
     price.set_defaults(run=cmd_price)
     reports_cli.add_parsers(sub)
+    auth_cli.add_parsers(sub)
     demo = sub.add_parser("demo", help="five simulated agents against a real authority, in under a minute")
     demo.add_argument(
         "--database-url",
