@@ -243,6 +243,8 @@ def test_spec_fields_are_the_operators() -> None:
         "alertThresholds",
         "paused",
         "targetRef",
+        "serviceAccountName",
+        "injectToken",
         "routing",
     }
 
@@ -430,6 +432,12 @@ def test_defaults_and_enums_validate_against_their_own_node() -> None:
 
 def test_patterns_compile() -> None:
     patterns = [(p, n["pattern"]) for p, n in nodes(SCHEMA) if "pattern" in n]
-    assert {p for p, _ in patterns} == {".spec.limit", ".spec.currency", ".spec.timeZone", ".spec.targetRef.name"}
+    assert {p for p, _ in patterns} == {
+        ".spec.limit",
+        ".spec.currency",
+        ".spec.timeZone",
+        ".spec.targetRef.name",
+        ".spec.serviceAccountName",
+    }
     for _, pattern in patterns:
         re.compile(pattern)

@@ -5,6 +5,7 @@ No cluster, no authority: protobuf messages in, plain values out.
 
 from __future__ import annotations
 
+import copy
 import json
 from decimal import Decimal
 from typing import Any
@@ -695,3 +696,211 @@ def test_spec_values_of_the_wrong_type_are_spec_errors_not_retried() -> None:
 def test_used_is_never_shown_as_100_percent_while_money_is_left() -> None:
     budget = pb.Budget(utilization=0.995)
     assert decisions.budget_status(budget)["used"] == "99%"
+
+
+# --------------------------------------------------------------------------- who may spend: the agent principal
+
+
+def deployment_with(pod: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "research-agent"}, "spec": {"template": {"spec": pod}}}
+
+
+TARGETED = {"limit": "1", "targetRef": {"name": "research-agent"}}
+
+
+class TestServiceAccount:
+    def test_the_deployments_service_account(self) -> None:
+        deployment = deployment_with({"serviceAccountName": "research-sa", "containers": []})
+        assert decisions.service_account(TARGETED, deployment) == "research-sa"
+
+    def test_a_deployment_that_names_none_runs_as_default(self) -> None:
+        assert decisions.service_account(TARGETED, deployment_with({"containers": []})) == "default"
+        assert decisions.service_account(TARGETED, {"metadata": {}}) == "default"
+
+    def test_the_deprecated_service_account_field_is_honoured(self) -> None:
+        assert decisions.service_account(TARGETED, deployment_with({"serviceAccount": "old-style"})) == "old-style"
+
+    def test_the_spec_names_it_and_wins(self) -> None:
+        spec = {**TARGETED, "serviceAccountName": "other-sa"}
+        assert decisions.service_account(spec, deployment_with({"serviceAccountName": "research-sa"})) == "other-sa"
+        assert decisions.service_account(spec, None) == "other-sa"  # no Deployment needed
+        assert decisions.service_account({"limit": "1", "serviceAccountName": "batch"}, None) == "batch"
+
+    def test_no_target_and_no_name_no_agent(self) -> None:
+        assert decisions.service_account({"limit": "1"}, None) is None
+        # a Deployment lying around is not the target without a targetRef
+        assert decisions.service_account({"limit": "1"}, deployment_with({"serviceAccountName": "x"})) is None
+
+    def test_a_target_that_does_not_exist_yet_no_agent_yet(self) -> None:
+        assert decisions.service_account(TARGETED, None) is None
+
+    def test_the_principal_is_the_token_reviews_username(self) -> None:
+        assert decisions.agent_principal("agents", "research-sa") == "system:serviceaccount:agents:research-sa"
+        assert decisions.agent_principal("agents", None) is None
+
+
+class TestUpsertRequestPrincipal:
+    def test_the_service_account_becomes_the_one_agent_principal(self) -> None:
+        req = decisions.upsert_request("agents", "research", TARGETED, "research-sa")
+        assert list(req.spec.agent_principals) == ["system:serviceaccount:agents:research-sa"]
+
+    def test_without_a_service_account_there_is_no_agent(self) -> None:
+        assert list(decisions.upsert_request("agents", "research", TARGETED).spec.agent_principals) == []
+        assert list(decisions.upsert_request("agents", "research", TARGETED, None).spec.agent_principals) == []
+
+    def test_the_namespace_is_the_budgets(self) -> None:
+        req = decisions.upsert_request("team-b", "research", TARGETED, "default")
+        assert list(req.spec.agent_principals) == ["system:serviceaccount:team-b:default"]
+
+    def test_other_fields_are_unchanged(self) -> None:
+        with_agent = decisions.upsert_request("agents", "research", TARGETED, "sa")
+        with_agent.spec.ClearField("agent_principals")
+        assert with_agent == decisions.upsert_request("agents", "research", TARGETED)
+
+    @pytest.mark.parametrize("bad", ["Research_Agent", "-sa", "sa-", "a b", "x" * 254, "sa:evil"])
+    def test_a_name_that_is_no_service_account_is_a_spec_error(self, bad: str) -> None:
+        with pytest.raises(SpecError, match="ServiceAccount"):
+            decisions.upsert_request("agents", "research", TARGETED, bad)
+
+    def test_a_principal_longer_than_the_authority_keeps_is_a_spec_error(self) -> None:
+        with pytest.raises(SpecError, match="253"):
+            decisions.upsert_request("n" * 63, "research", TARGETED, "s" * 200)
+
+
+# --------------------------------------------------------------------------- the injected token
+
+
+def pod_template(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "agent", "image": "a:1"}], **spec}}
+
+
+def applied(template: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
+    """A JSON merge patch applied (lists replace lists)."""
+
+    def merge(target: Any, change: Any) -> Any:
+        if not isinstance(change, dict):
+            return change
+        out = dict(target) if isinstance(target, dict) else {}
+        for k, v in change.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = merge(out.get(k), v)
+        return out
+
+    return template if patch is None else merge(template, patch)
+
+
+TOKEN_VOLUME = {
+    "name": "agentbudget-token",
+    "projected": {
+        "sources": [{"serviceAccountToken": {"audience": "agentbudget", "expirationSeconds": 3600, "path": "token"}}]
+    },
+}
+TOKEN_MOUNT = {"name": "agentbudget-token", "mountPath": "/var/run/secrets/agentbudget.io", "readOnly": True}
+TOKEN_ENV = {"name": "AGENTBUDGET_TOKEN_FILE", "value": "/var/run/secrets/agentbudget.io/token"}
+
+
+class TestTokenInjection:
+    def test_a_template_without_it_gets_the_volume_the_mount_and_the_variable(self) -> None:
+        patch = decisions.token_injection_patch(pod_template())
+        assert patch == {
+            "spec": {
+                "volumes": [TOKEN_VOLUME],
+                "containers": [{"name": "agent", "image": "a:1", "volumeMounts": [TOKEN_MOUNT], "env": [TOKEN_ENV]}],
+            }
+        }
+
+    def test_once_applied_there_is_nothing_more_to_do(self) -> None:
+        template = pod_template()
+        once = applied(template, decisions.token_injection_patch(template))
+        assert decisions.token_injection_patch(once) is None
+
+    def test_every_container_and_init_container_and_what_they_had_is_kept(self) -> None:
+        template = pod_template(
+            initContainers=[{"name": "init", "image": "i:1"}],
+            containers=[
+                {"name": "agent", "image": "a:1", "env": [{"name": "MODE", "value": "fast"}]},
+                {
+                    "name": "sidecar",
+                    "image": "s:1",
+                    "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+                },
+            ],
+            volumes=[{"name": "cache", "emptyDir": {}}],
+        )
+        result = applied(template, decisions.token_injection_patch(template))["spec"]
+        assert result["volumes"] == [{"name": "cache", "emptyDir": {}}, TOKEN_VOLUME]
+        assert [c["name"] for c in result["containers"]] == ["agent", "sidecar"]
+        assert result["containers"][0]["env"] == [{"name": "MODE", "value": "fast"}, TOKEN_ENV]
+        assert result["containers"][1]["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}, TOKEN_MOUNT]
+        assert result["initContainers"][0]["volumeMounts"] == [TOKEN_MOUNT]
+        assert all(c["image"] for c in result["containers"] + result["initContainers"])
+
+    def test_the_api_servers_defaults_do_not_count_as_different(self) -> None:
+        defaulted_volume = {**TOKEN_VOLUME, "projected": {**TOKEN_VOLUME["projected"], "defaultMode": 420}}
+        container = {
+            "name": "agent",
+            "image": "a:1",
+            "imagePullPolicy": "IfNotPresent",
+            "terminationMessagePath": "/dev/termination-log",
+            "volumeMounts": [{**TOKEN_MOUNT, "mountPropagation": "None"}],
+            "env": [TOKEN_ENV],
+        }
+        assert decisions.token_injection_patch(pod_template(volumes=[defaulted_volume], containers=[container])) is None
+
+    def test_a_volume_of_that_name_that_is_something_else_is_put_right(self) -> None:
+        template = pod_template(volumes=[{"name": "agentbudget-token", "secret": {"secretName": "old"}}])
+        result = applied(template, decisions.token_injection_patch(template))["spec"]
+        assert result["volumes"] == [TOKEN_VOLUME]
+        wrong_audience = copy.deepcopy(TOKEN_VOLUME)
+        wrong_audience["projected"]["sources"][0]["serviceAccountToken"]["audience"] = "https://kubernetes.default.svc"
+        patch = decisions.token_injection_patch(pod_template(volumes=[wrong_audience]))
+        assert patch is not None and patch["spec"]["volumes"] == [TOKEN_VOLUME]
+
+    def test_a_variable_or_mount_that_differs_is_replaced_where_it_is(self) -> None:
+        template = pod_template(
+            containers=[
+                {
+                    "name": "agent",
+                    "image": "a:1",
+                    "env": [
+                        {"name": "AGENTBUDGET_TOKEN_FILE", "value": "/elsewhere"},
+                        {"name": "AFTER", "value": "$(AGENTBUDGET_TOKEN_FILE).bak"},
+                    ],
+                    "volumeMounts": [{"name": "other", "mountPath": "/var/run/secrets/agentbudget.io"}],
+                }
+            ],
+            volumes=[TOKEN_VOLUME],
+        )
+        patch = decisions.token_injection_patch(template)
+        assert patch is not None and "volumes" not in patch["spec"]  # the volume was right
+        (container,) = patch["spec"]["containers"]
+        assert [e["name"] for e in container["env"]] == ["AGENTBUDGET_TOKEN_FILE", "AFTER"]
+        assert container["env"][0] == TOKEN_ENV
+        assert container["volumeMounts"] == [TOKEN_MOUNT]
+
+    def test_the_template_is_not_modified(self) -> None:
+        template = pod_template(volumes=[{"name": "cache", "emptyDir": {}}])
+        before = copy.deepcopy(template)
+        decisions.token_injection_patch(template)
+        assert template == before
+
+    def test_a_template_with_no_containers_only_gets_the_volume(self) -> None:
+        assert decisions.token_injection_patch({"spec": {}}) == {"spec": {"volumes": [TOKEN_VOLUME]}}
+
+    def test_the_names_are_the_documented_ones(self) -> None:
+        from agentbudget import credentials
+
+        assert decisions.TOKEN_FILE == credentials.DEFAULT_TOKEN_FILE  # where the client looks by default
+        assert decisions.TOKEN_AUDIENCE == "agentbudget"
+
+
+def test_merge_patches_merges_maps_and_the_second_wins() -> None:
+    first = {"metadata": {"annotations": {"a": "1"}}, "spec": {"template": {"metadata": {"annotations": {"r": "x"}}}}}
+    second = {"metadata": {"resourceVersion": "7"}, "spec": {"template": {"spec": {"volumes": []}}}}
+    assert decisions.merge_patches(first, second) == {
+        "metadata": {"annotations": {"a": "1"}, "resourceVersion": "7"},
+        "spec": {"template": {"metadata": {"annotations": {"r": "x"}}, "spec": {"volumes": []}}},
+    }
+    assert decisions.merge_patches({"a": {"b": 1}}, {"a": None}) == {"a": None}  # a removal stays a removal

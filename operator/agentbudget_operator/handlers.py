@@ -54,7 +54,7 @@ async def follow(*, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
 
 @kopf.timer(*CR, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=registry)
 async def resync(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    await reconcile.reconcile(memo["ctx"], namespace or "", name)
+    await reconcile.resync(memo["ctx"], namespace or "", name)
 
 
 @kopf.index(*CR, registry=registry)
@@ -62,6 +62,41 @@ def targets(*, name: str, namespace: str | None, spec: kopf.Spec, **_: Any) -> d
     """(namespace, Deployment) → the AgentBudget that governs it."""
     ref = spec.get("targetRef") or {}
     return {(namespace or "", ref["name"]): name} if ref.get("name") else {}
+
+
+@kopf.index(*CR, registry=registry)
+def agents(
+    *, name: str, namespace: str | None, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], tuple[str, bool, bool]]:
+    """(namespace, Deployment) → (the AgentBudget, whether it names the ServiceAccount itself, injectToken)."""
+    ref = spec.get("targetRef") or {}
+    if not ref.get("name"):
+        return {}
+    return {(namespace or "", ref["name"]): (name, bool(spec.get("serviceAccountName")), bool(spec.get("injectToken")))}
+
+
+@kopf.on.event("apps", "v1", "deployments", registry=registry)
+async def target_changed(
+    *,
+    type: str | None,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    agents: kopf.Index[tuple[str, str], tuple[str, bool, bool]] | None = None,  # the index above
+    **_: Any,
+) -> None:
+    if agents is not None:  # a new ServiceAccount to sync, or the injected token to put back
+        deployment = None if type == "DELETED" else body
+        for budget, names_account, injects_token in agents.get((namespace or "", name), []):
+            await reconcile.target_changed(
+                memo["ctx"],
+                namespace or "",
+                budget,
+                deployment,
+                names_account=names_account,
+                injects_token=injects_token,
+            )
 
 
 @kopf.on.event(

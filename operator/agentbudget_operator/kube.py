@@ -26,6 +26,10 @@ def api_client(kube_url: str) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+class Conflict(Exception):
+    """409: the object changed since the version a patch was computed from."""
+
+
 class Kube:
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
         self.client = client
@@ -43,6 +47,8 @@ class Kube:
             except kubernetes.client.ApiException as exc:
                 if exc.status == 404:
                     return None
+                if exc.status == 409:
+                    raise Conflict(exc.reason) from None
                 raise
             return json.loads(resp.data)
 
@@ -69,8 +75,19 @@ class Kube:
         result: dict[str, Any] | None = await self._call(self.apps.read_namespaced_deployment, name, namespace)
         return result
 
-    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        await self._call(self.apps.patch_namespaced_deployment, name, namespace, patch)
+    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any], *, merge: bool = False) -> None:
+        """A strategic merge patch, or with ``merge`` a JSON merge patch: its lists replace the object's
+        whole (the same on every API server, and in the tests' emulated one)."""
+        if merge:
+            await self._call(
+                self.apps.patch_namespaced_deployment,
+                name,
+                namespace,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+        else:
+            await self._call(self.apps.patch_namespaced_deployment, name, namespace, patch)
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         """Through the scale subresource, as an autoscaler would: only the replica count changes."""
