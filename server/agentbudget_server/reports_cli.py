@@ -339,6 +339,9 @@ def _run(coro: Any) -> int:
         return 130
     except BrokenPipeError:  # the reader (| head) has seen enough
         sys.stdout = open(os.devnull, "w")  # so that the flush at exit does not fail again
+    except OSError as exc:  # the review page's file, say
+        print(f"agentbudget: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,6 +35,9 @@ class Dimension(StrEnum):
 TIME_DIMENSIONS = (Dimension.DAY, Dimension.WEEK, Dimension.MONTH)
 # Zones whose days are UTC days: their buckets can come from the rollup.
 UTC_NAMES = frozenset({"", "UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"})
+# A fleet-wide report read from the ledger (task counts, say) can outlast the pool's command
+# timeout, which is sized for the ledger's short writes.
+REPORT_TIMEOUT = 300.0
 EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
@@ -194,7 +197,7 @@ async def query(pool: asyncpg.Pool, q: SpendQuery) -> SpendResult:
         await conn.execute(Q["report_settings"])
         budget_ids = await _budget_ids(conn, q.budgets)
         try:
-            rows = await conn.fetch(Q["query_spend"], *arguments(q, budget_ids))
+            rows = await conn.fetch(Q["query_spend"], *arguments(q, budget_ids), timeout=REPORT_TIMEOUT)
         except asyncpg.InvalidParameterValueError as exc:  # a zone Python knows and PostgreSQL does not
             raise InvalidField("time_zone", f"unknown time zone {q.time_zone!r} ({exc})") from None
     bucket = q.bucket
