@@ -223,7 +223,8 @@ def machine() -> str:
         pg = subprocess.run(["psql", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         pg = "psql not found"
-    return f"nproc {os.cpu_count()}, {pg}"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"nproc {os.cpu_count()}, {pg}, load average {load} (the machine is shared: compare under similar load)"
 
 
 def main() -> int:
@@ -236,6 +237,7 @@ def main() -> int:
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
+    print(f"load average at the start {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results = asyncio.run(run(args))
     rows = [
         [
