@@ -9,8 +9,12 @@ The real operator, in-process, against the emulated Kubernetes API and a real au
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,13 @@ import grpc
 import kopf
 import pytest
 from agentbudget import credentials
+from agentbudget.client import connect
+from agentbudget.errors import BudgetError
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from agentbudget_operator import decisions, handlers, reconcile
 from agentbudget_operator.config import OperatorConfig
+from auth_support import TokenReviews, jwt
 from certs import SERVER_NAME, Certs, make_certs
 from conftest import usd
 from google.rpc import code_pb2
@@ -322,3 +329,75 @@ def test_a_real_authority_keeps_what_the_operator_sends(dsn: str) -> None:
         stub.UpsertBudget(request)
         assert principals(stub) == [SA + "research-sa"]
         channel.close()
+
+
+# --- the whole story, with authentication on ----------------------------------------------------
+
+OPERATOR_SA = "system:serviceaccount:agentbudget:agentbudget-operator"
+
+
+@contextlib.contextmanager
+def token_reviews() -> Iterator[TokenReviews]:
+    """The emulated TokenReview API, on an event loop of its own (these tests are synchronous)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="token-reviews", daemon=True)
+    thread.start()
+    reviews = asyncio.run_coroutine_threadsafe(TokenReviews().start(), loop).result()
+    try:
+        yield reviews
+    finally:
+        asyncio.run_coroutine_threadsafe(reviews.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_only_the_deployments_pods_may_spend_through_tls_and_tokens(kube, dsn, certs, tmp_path):
+    """An authority with TLS and authentication required; the operator syncs with its own token;
+    a pod's token of the Deployment's ServiceAccount may spend, another's may not, until the
+    Deployment's ServiceAccount changes."""
+    hour = time.time() + 3600
+    with token_reviews() as reviews:
+        tokens = {name: tmp_path / name for name in ("operator", "research-sa", "other-sa")}
+        reviews.add(jwt(OPERATOR_SA, hour), OPERATOR_SA)
+        tokens["operator"].write_text(jwt(OPERATOR_SA, hour))
+        for sa in ("research-sa", "other-sa"):
+            reviews.add(jwt(SA + sa, hour), SA + sa)
+            tokens[sa].write_text(jwt(SA + sa, hour))
+        args = ("--auth", "required", "--kube-config", str(reviews.kubeconfig(tmp_path / "kubeconfig")))
+        args += ("--admin-principal", OPERATOR_SA, "--tls-cert", str(certs.server_cert))
+        args += ("--tls-key", str(certs.server_key))
+        with ServerProcess(dsn, extra_args=args) as server:
+            target = "localhost:" + server.address.rsplit(":", 1)[1]
+            config = OperatorConfig(
+                authority=target, tls_ca=str(certs.ca), token_file=str(tokens["operator"]), kube_url=kube.url
+            )
+
+            async def spend_as(sa: str) -> str:
+                async with connect(target, ca_file=str(certs.ca), token_file=str(tokens[sa]), retries=0) as agent:
+                    try:
+                        await agent.record_cost(BUDGET, "0.01")
+                    except BudgetError as refused:
+                        return refused.reason
+                    return "OK"
+
+            async def spent_as(sa: str) -> str:
+                async with connect(target, ca_file=str(certs.ca), token_file=str(tokens[sa])) as agent:
+                    return decisions.show_money((await agent.get_budget(BUDGET)).spent)
+
+            def status() -> dict[str, Any]:
+                return (kube.get(AGENTBUDGETS, NAME, NS) or {}).get("status") or {}
+
+            kube.create(DEPLOYMENTS, running_as("research-sa"))
+            with OperatorRunner(kube, handlers.registry, memo=kopf.Memo(config=config)):
+                kube.create(AGENTBUDGETS, agent_budget(injectToken=True))
+                eventually(lambda: status().get("phase") == "Active", what="synced by the operator's token")
+                assert asyncio.run(spend_as("research-sa")) == "OK"
+                assert asyncio.run(spend_as("other-sa")) == "NOT_ALLOWED"
+                patch = {"spec": {"template": {"spec": {"serviceAccountName": "other-sa"}}}}
+                kube.patch(DEPLOYMENTS, "research-agent", patch, NS)
+                eventually(lambda: asyncio.run(spend_as("other-sa")) == "OK", what="the new ServiceAccount")
+                assert asyncio.run(spend_as("research-sa")) == "NOT_ALLOWED"
+                assert asyncio.run(spent_as("other-sa")) == "0.02 USD"  # each agent's cent, in the agent's view
+            assert injected(kube)
+        assert OPERATOR_SA in reviews.reviewed
