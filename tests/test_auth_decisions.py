@@ -404,3 +404,16 @@ def test_service_accounts_are_admins_assigned_a_role_or_agents():
         roles.parse({"x": {"role": "viewer", "scopes": ["*"]}})
     with pytest.raises(ValueError, match="a mapping"):
         roles.parse(["x"])
+
+
+def test_apikey_create_prints_the_key_once_and_an_entry_that_accepts_it(capsys: pytest.CaptureFixture[str]):
+    import yaml
+    from agentbudget_server import cli
+
+    assert cli.main(["apikey", "create", "--name", "ceo", "--role", "coordinator", "--scope", "demo/*"]) == 0
+    out = capsys.readouterr().out
+    (key,) = [w for w in out.split() if w.startswith("abk_")]
+    assert out.count(key) == 1
+    entries = yaml.safe_load(out[out.index("- principal:") :])
+    assert apikeys.parse(entries).lookup(key) == Principal("apikey:ceo", COORDINATOR, ("demo/*",))
+    assert cli.main(["apikey", "create", "--name", "bad name", "--role", "agent"]) == 2
