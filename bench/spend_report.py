@@ -175,32 +175,46 @@ async def run(args: argparse.Namespace) -> list[Result]:
                     1000,
                 )
             )
-            print("without a target:")
-            for name, make, n in (
-                ("top 10 budgets of the month, whole fleet", month(pb.SPEND_BY_BUDGET, page_size=10), heavy),
-                ("month by model and task type, whole fleet", month(pb.SPEND_BY_MODEL, pb.SPEND_BY_TASK_TYPE), heavy),
-                ("month by day, whole fleet", month(pb.SPEND_BY_DAY), heavy),
-                ("month (Berlin bounds) by model, whole fleet", month(pb.SPEND_BY_MODEL, span=berlin), heavy),
-                (
-                    "month by day in Europe/Berlin, one budget",
-                    month(pb.SPEND_BY_DAY, zone="Europe/Berlin", span=berlin, budgets=lambda: [rng.choice(names)]),
-                    runs,
-                ),
-                (
-                    "month by day, env=prod, one budget",
-                    month(pb.SPEND_BY_DAY, labels={"env": "prod"}, budgets=lambda: [rng.choice(names)]),
-                    runs,
-                ),
-                (
-                    "month by day, env=prod, the busiest budget",
-                    month(pb.SPEND_BY_DAY, labels={"env": "prod"}, budgets=[busiest["name"]]),
-                    heavy,
-                ),
-                ("month by model, env=staging, whole fleet", month(pb.SPEND_BY_MODEL, labels={"env": "staging"}), 3),
-                ("month by budget with task counts, whole fleet", month(pb.SPEND_BY_BUDGET, count_tasks=True), 3),
-            ):
+            others = (
+                []
+                if args.targets_only
+                else [
+                    ("top 10 budgets of the month, whole fleet", month(pb.SPEND_BY_BUDGET, page_size=10), heavy),
+                    (
+                        "month by model and task type, whole fleet",
+                        month(pb.SPEND_BY_MODEL, pb.SPEND_BY_TASK_TYPE),
+                        heavy,
+                    ),
+                    ("month by day, whole fleet", month(pb.SPEND_BY_DAY), heavy),
+                    ("month (Berlin bounds) by model, whole fleet", month(pb.SPEND_BY_MODEL, span=berlin), heavy),
+                    (
+                        "month by day in Europe/Berlin, one budget",
+                        month(pb.SPEND_BY_DAY, zone="Europe/Berlin", span=berlin, budgets=lambda: [rng.choice(names)]),
+                        runs,
+                    ),
+                    (
+                        "month by day, env=prod, one budget",
+                        month(pb.SPEND_BY_DAY, labels={"env": "prod"}, budgets=lambda: [rng.choice(names)]),
+                        runs,
+                    ),
+                    (
+                        "month by day, env=prod, the busiest budget",
+                        month(pb.SPEND_BY_DAY, labels={"env": "prod"}, budgets=[busiest["name"]]),
+                        heavy,
+                    ),
+                    (
+                        "month by model, env=staging, whole fleet",
+                        month(pb.SPEND_BY_MODEL, labels={"env": "staging"}),
+                        3,
+                    ),
+                    ("month by budget with task counts, whole fleet", month(pb.SPEND_BY_BUDGET, count_tasks=True), 3),
+                ]
+            )
+            if others:
+                print("without a target:")
+            for name, make, n in others:
                 results.append(await measure(stub, name, make, n, 1, None))
-            if args.review:
+            if args.review and not args.targets_only:
                 async with BudgetClient(grpc.aio.insecure_channel(f"127.0.0.1:{authority.port}")) as client:
                     began = time.perf_counter()
                     page = review.render(await review.gather(client, args.month))
@@ -209,7 +223,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 results.append(Result("the review page of the month", "all of the above", 1, elapsed, elapsed, None, 0))
     finally:
         await authority.stop(grace=1)
-    if args.verify:
+    if args.verify and not args.targets_only:
         began = time.perf_counter()
         findings = await audit.verify(dsn)
         elapsed = (time.perf_counter() - began) * 1000
@@ -235,6 +249,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50, help="timed calls per targeted report")
     parser.add_argument("--review", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--targets-only", action="store_true", help="only the two reports with a target")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
     print(f"load average at the start {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
