@@ -9,6 +9,7 @@ the operator read from the environment the chart gives them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -21,8 +22,12 @@ import crd
 import helm_python as helm
 import pytest
 import yaml
+from agentbudget import credentials
 from agentbudget_operator.config import OperatorConfig
 from agentbudget_server import pricing, settings
+from agentbudget_server.auth import roles
+from agentbudget_server.auth.access import Access
+from agentbudget_server.principal import Principal
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "agentbudget"
@@ -35,6 +40,9 @@ NAMESPACE = "agentbudget"
 TLS_CONTRACT = {"AGENTBUDGET_TLS_CERT", "AGENTBUDGET_TLS_KEY", "AGENTBUDGET_TLS_CLIENT_CA"}
 CONTRACT = {*TLS_CONTRACT, "AGENTBUDGET_METRICS_LISTEN"}
 POD_KINDS = {"Deployment", "StatefulSet", "Job"}
+TOKENREVIEW = {("authentication.k8s.io", "tokenreviews", "create")}
+# Where the operator's token for the authority is mounted: the clients' default token directory.
+TOKEN_DIR = "/var/run/secrets/agentbudget.io"
 
 Obj = dict[str, Any]
 Triple = tuple[str, str, str]
@@ -48,7 +56,31 @@ def load_values(name: str) -> Obj:
     return loaded
 
 
+def load_values_defaults() -> Obj:
+    defaults: Obj = yaml.safe_load((CHART / "values.yaml").read_text())
+    return defaults
+
+
 VALUE_SETS = ["defaults", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
+
+
+def merged(base: Obj, over: Obj) -> Obj:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def effective(name: str) -> Obj:
+    """values.yaml with ci/<name>-values.yaml over it, as Helm merges them."""
+    return merged(load_values_defaults(), load_values(name))
+
+
+def auth_required(name: str) -> bool:
+    return bool(effective(name)["authority"]["auth"]["mode"] == "required")
+
+
+AUTH_SETS = [name for name in VALUE_SETS if auth_required(name)]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +156,40 @@ def operator(objs: tuple[Obj, ...]) -> Obj:
     return one(objs, "Deployment", f"{RELEASE}-operator")
 
 
+def of_component(objs: tuple[Obj, ...] | list[Obj], kind: str, component: str) -> list[Obj]:
+    """The objects of a kind and component, whatever the release and its names."""
+    return [o for o in find(objs, kind) if o["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+
+
+def operator_principal(objs: tuple[Obj, ...] | list[Obj]) -> str:
+    """What a TokenReview calls the operator: its ServiceAccount, as the chart creates it and the
+    operator's pods run as it."""
+    (workload,) = of_component(objs, "Deployment", "operator")
+    name = pod_spec(workload)["serviceAccountName"]
+    created = of_component(objs, "ServiceAccount", "operator")
+    if created:
+        assert [o["metadata"]["name"] for o in created] == [name]
+    namespace = (created[0] if created else workload)["metadata"]["namespace"]
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def authority_env(objs: tuple[Obj, ...] | list[Obj]) -> dict[str, str]:
+    (workload,) = of_component(objs, "Deployment", "authority")
+    return plain_env(container(workload, "authority"))
+
+
+def volume(workload: Obj, name: str) -> Obj:
+    found: list[Obj] = [v for v in pod_spec(workload)["volumes"] if v["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def mount(c: Obj, name: str) -> Obj:
+    found: list[Obj] = [m for m in c["volumeMounts"] if m["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
 def triples(rules: list[Obj]) -> set[Triple]:
     return {
         (group, resource, verb)
@@ -156,6 +222,25 @@ def test_lint_finds_nothing_even_strict(name: str) -> None:
         # a float price would not stay exact
         ({"prices": {"config": {"models": {"m": {"input_mtok": 0.5, "output_mtok": "1"}}}}}, "input_mtok"),
         ({"prices": {"config": {"model": {}}}}, "model"),
+        # authentication is a mode now, and auto is the server's choice, not the chart's
+        ({"authority": {"auth": {"enabled": True}}}, "'enabled' not allowed"),
+        ({"authority": {"auth": {"mode": "auto"}}}, "/authority/auth/mode"),
+        ({"authority": {"auth": {"mode": "off"}}}, "/authority/auth/mode"),
+        ({"authority": {"auth": {"mode": False}}}, "/authority/auth/mode"),
+        # AGENTBUDGET_ADMIN_PRINCIPALS is comma-separated: a comma would make two principals
+        ({"authority": {"auth": {"adminPrincipals": ["apikey:a,apikey:b"]}}}, "/authority/auth/adminPrincipals/0"),
+        ({"authority": {"auth": {"roles": {"system:serviceaccount:a:b": {"role": "boss"}}}}}, "a:b/role"),
+        (
+            {"authority": {"auth": {"roles": {"system:serviceaccount:a:b": {"role": "viewer", "scopes": []}}}}},
+            "'scopes'",
+        ),
+        ({"authority": {"auth": {"roles": {"system:serviceaccount:a:b": {"scope": ["*"]}}}}}, "'role'"),
+        ({"authority": {"auth": {"roles": {"ceo, cfo": {"role": "viewer"}}}}}, "'ceo, cfo'"),
+        ({"authority": {"auth": {"apiKeysSecret": "Api_Keys"}}}, "/authority/auth/apiKeysSecret"),
+        ({"authority": {"auth": {"tokenCacheSeconds": -1}}}, "/authority/auth/tokenCacheSeconds"),
+        ({"authority": {"config": {"workers": 0}}}, "/authority/config/workers"),
+        ({"authority": {"config": {"maxBatch": 10001}}}, "/authority/config/maxBatch"),
+        ({"authority": {"config": {"rateLimitBurst": 0}}}, "/authority/config/rateLimitBurst"),
     ],
 )
 def test_schema_refuses_misspelt_and_mistyped_values(chart: helm.Chart, values: Obj, where: str) -> None:
@@ -339,13 +424,31 @@ def test_with_tls_the_probes_check_the_port_since_kubelet_grpc_probes_are_plaint
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_the_authority_reads_the_environment_the_chart_gives_it(name: str) -> None:
-    c = container(authority(rendered(name)), "authority")
+    objs = rendered(name)
+    c = container(authority(objs), "authority")
     env = plain_env(c)
     known = {settings.ENV_PREFIX + f.upper() for f in settings.Settings.__dataclass_fields__}
     assert set(env) - known <= CONTRACT
     loaded = settings.load(None, {**env, "AGENTBUDGET_DATABASE_URL": "postgresql://db/agentbudget"})
     assert loaded.listen == "0.0.0.0:50051"
-    assert loaded.grace_seconds < authority(rendered(name))["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert loaded.grace_seconds < authority(objs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    config, auth = effective(name)["authority"]["config"], effective(name)["authority"]["auth"]
+    assert (loaded.max_batch, loaded.workers) == (config["maxBatch"], config["workers"])
+    assert (loaded.rate_limit_per_second, loaded.rate_limit_burst) == (
+        config["rateLimitPerSecond"],
+        config["rateLimitBurst"],
+    )
+    assert loaded.auth == auth["mode"]  # never auto: the chart always has a database
+    if auth_required(name):
+        assert loaded.admin_principals == (operator_principal(objs), *auth["adminPrincipals"])
+        assert loaded.token_cache_seconds == auth["tokenCacheSeconds"]
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        for path in (loaded.api_keys_file, loaded.roles_file):
+            assert not path or str(Path(path).parent) in mounts
+        assert bool(loaded.api_keys_file) == bool(auth["apiKeysSecret"])
+        assert bool(loaded.roles_file) == bool(auth["roles"])
+    else:
+        assert (loaded.admin_principals, loaded.api_keys_file, loaded.roles_file) == ((), "", "")
 
 
 @pytest.mark.parametrize(
@@ -474,7 +577,7 @@ def test_every_container_runs_non_root_on_a_read_only_root(name: str) -> None:
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_only_the_operator_and_an_authenticating_authority_get_a_token(name: str) -> None:
     objs = rendered(name)
-    auth = bool(load_values(name).get("authority", {}).get("auth", {}).get("enabled"))
+    auth = auth_required(name)
     for workload in workloads(objs):
         component = pod_labels(workload)["app.kubernetes.io/component"]
         wanted = component == "operator" or (component == "authority" and auth)
@@ -498,11 +601,6 @@ def test_the_dockerfile_builds_in_stages_and_runs_as_the_charts_non_root_user() 
     assert any("pip install" in line and "agentbudget" in line for line in final)
 
 
-def load_values_defaults() -> Obj:
-    defaults: Obj = yaml.safe_load((CHART / "values.yaml").read_text())
-    return defaults
-
-
 # --- the operator ---------------------------------------------------------------------------
 
 
@@ -522,10 +620,23 @@ def test_the_operator_reads_the_environment_the_chart_gives_it(name: str) -> Non
     probe = c["livenessProbe"]["httpGet"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert config.liveness == f"http://0.0.0.0:{ports[probe['port']]}{probe['path']}"
-    if load_values(name).get("authority", {}).get("tls", {}).get("enabled"):
-        mounts = {m["mountPath"] for m in c["volumeMounts"]}
-        for path in (config.tls_ca, config.tls_cert, config.tls_key):
+    env = plain_env(c)
+    assert not [k for k in env if k.startswith("AGENTBUDGET_AUTHORITY_TLS_")]  # the older names
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    tls = effective(name)["authority"]["tls"]
+    assert config.tls is bool(tls["enabled"])
+    if tls["enabled"]:
+        own = effective(name)["operator"]["tls"].get("secretName")
+        files = [config.tls_ca, *((config.tls_cert, config.tls_key) if own else ())]
+        for path in files:
             assert str(Path(path).parent) in mounts
+    else:
+        assert (config.tls_ca, config.tls_cert, config.tls_key) == ("", "", "")
+    if auth_required(name):
+        assert config.token_file == f"{TOKEN_DIR}/token" == credentials.DEFAULT_TOKEN_FILE
+        assert str(Path(config.token_file).parent) in mounts
+    else:
+        assert "AGENTBUDGET_TOKEN_FILE" not in env and TOKEN_DIR not in mounts
 
 
 def test_without_its_own_certificate_the_operator_sees_only_the_authoritys_ca(chart: helm.Chart) -> None:
@@ -568,7 +679,7 @@ def test_the_operators_cluster_role_is_operator_deploy_rbac_yaml() -> None:
 
 
 def test_a_namespaced_operator_gets_roles_in_its_namespaces_only() -> None:
-    objs = rendered("auth-on")
+    objs = rendered("auth")
     grants = _bound_to(objs, pod_spec(operator(objs))["serviceAccountName"])
     crds = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
     assert grants[("ClusterRoleBinding", "*")] == crds  # the CRD is cluster-scoped
@@ -578,11 +689,11 @@ def test_a_namespaced_operator_gets_roles_in_its_namespaces_only() -> None:
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_the_authority_may_only_review_tokens_and_only_with_auth_on(name: str) -> None:
+def test_the_authority_may_only_review_tokens_and_only_with_auth_required(name: str) -> None:
     objs = rendered(name)
     grants = _bound_to(objs, pod_spec(authority(objs))["serviceAccountName"])
-    if load_values(name).get("authority", {}).get("auth", {}).get("enabled"):
-        assert grants == {("ClusterRoleBinding", "*"): {("authentication.k8s.io", "tokenreviews", "create")}}
+    if auth_required(name):
+        assert grants == {("ClusterRoleBinding", "*"): TOKENREVIEW}
     else:
         assert grants == {}
 
@@ -591,6 +702,156 @@ def test_the_authority_may_only_review_tokens_and_only_with_auth_on(name: str) -
 def test_no_rule_grants_a_wildcard(name: str) -> None:
     for role in find(rendered(name), "ClusterRole") + find(rendered(name), "Role"):
         assert not any("*" in t for t in triples(role["rules"]))
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+def test_by_default_every_call_authenticates_and_the_operator_is_the_admin() -> None:
+    objs = rendered("defaults")
+    env = authority_env(objs)
+    assert env["AGENTBUDGET_AUTH"] == "required"
+    assert env["AGENTBUDGET_ADMIN_PRINCIPALS"] == f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator"
+    assert env["AGENTBUDGET_ADMIN_PRINCIPALS"] == operator_principal(objs)
+    grants = _bound_to(objs, pod_spec(authority(objs))["serviceAccountName"])
+    assert grants == {("ClusterRoleBinding", "*"): TOKENREVIEW}
+    # the authority's own Kubernetes API token, to create the TokenReviews with
+    assert pod_spec(authority(objs))["automountServiceAccountToken"] is True
+    assert "AGENTBUDGET_API_KEYS_FILE" not in env and "AGENTBUDGET_ROLES_FILE" not in env
+    assert find(objs, "ConfigMap", f"{RELEASE}-roles") == []
+
+
+@pytest.mark.parametrize("name", AUTH_SETS)
+def test_the_operator_calls_with_a_projected_token_for_the_authoritys_audience(name: str) -> None:
+    workload = operator(rendered(name))
+    c = container(workload, "operator")
+    token = {"audience": "agentbudget", "expirationSeconds": 3600, "path": "token"}
+    assert volume(workload, "agentbudget-token") == {
+        "name": "agentbudget-token",
+        "projected": {"sources": [{"serviceAccountToken": token}]},
+    }
+    assert mount(c, "agentbudget-token") == {"name": "agentbudget-token", "mountPath": TOKEN_DIR, "readOnly": True}
+    assert plain_env(c)["AGENTBUDGET_TOKEN_FILE"] == f"{TOKEN_DIR}/token"
+    # the kubelet requests the token as the pod's ServiceAccount: the one the authority makes an admin
+    loaded = settings.load(None, {**authority_env(rendered(name)), "AGENTBUDGET_DATABASE_URL": "x"})
+    assert operator_principal(rendered(name)) in loaded.admin_principals
+
+
+@pytest.mark.parametrize(
+    ("values", "release", "account"),
+    [
+        ({}, "budgets", "budgets-agentbudget-operator"),
+        ({"fullnameOverride": "ab"}, RELEASE, "ab-operator"),
+        ({"operator": {"serviceAccount": {"name": "budget-operator"}}}, RELEASE, "budget-operator"),
+        ({"operator": {"serviceAccount": {"create": False, "name": "ops"}}}, RELEASE, "ops"),
+    ],
+)
+def test_the_admin_is_the_operators_service_account_however_it_is_named(
+    chart: helm.Chart, values: Obj, release: str, account: str
+) -> None:
+    objs = render_chart(chart, values, release=release)
+    principal = f"system:serviceaccount:{NAMESPACE}:{account}"
+    assert operator_principal(objs) == principal
+    admins = settings.comma_list(authority_env(objs)["AGENTBUDGET_ADMIN_PRINCIPALS"])
+    assert admins == (principal,)
+
+
+def test_extra_admins_follow_the_operator_and_without_an_operator_stand_alone(chart: helm.Chart) -> None:
+    extra = ["apikey:ops", "system:serviceaccount:platform:admin"]
+    with_operator = render_chart(chart, {"authority": {"auth": {"adminPrincipals": extra}}})
+    assert settings.comma_list(authority_env(with_operator)["AGENTBUDGET_ADMIN_PRINCIPALS"]) == (
+        operator_principal(with_operator),
+        *extra,
+    )
+    again = render_chart(chart, {"authority": {"auth": {"adminPrincipals": [operator_principal(with_operator)]}}})
+    assert authority_env(again)["AGENTBUDGET_ADMIN_PRINCIPALS"] == operator_principal(with_operator)
+    alone = render_chart(chart, {"operator": {"enabled": False}, "authority": {"auth": {"adminPrincipals": extra}}})
+    assert settings.comma_list(authority_env(alone)["AGENTBUDGET_ADMIN_PRINCIPALS"]) == tuple(extra)
+    nobody = render_chart(chart, {"operator": {"enabled": False}})
+    assert settings.load(None, {**authority_env(nobody), "AGENTBUDGET_DATABASE_URL": "x"}).admin_principals == ()
+
+
+def test_an_operator_running_as_the_default_service_account_refuses_to_render(chart: helm.Chart) -> None:
+    # "default" as an admin would make every pod of the namespace running as it one
+    values = {"operator": {"serviceAccount": {"create": False}}}
+    with pytest.raises(helm.HelmRenderError, match=re.escape("operator.serviceAccount.name")):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    chart.render(merged(values, {"authority": {"auth": {"mode": "none"}}}), name=RELEASE, namespace=NAMESPACE)
+
+
+def test_mode_none_authenticates_nobody_and_grants_nothing(chart: helm.Chart) -> None:
+    objs = rendered("auth-none")
+    env = authority_env(objs)
+    assert env["AGENTBUDGET_AUTH"] == "none"
+    assert not {"AGENTBUDGET_ADMIN_PRINCIPALS", "AGENTBUDGET_API_KEYS_FILE", "AGENTBUDGET_ROLES_FILE"} & set(env)
+    assert find(objs, "ClusterRole", f"{RELEASE}-tokenreview") == []
+    assert find(objs, "ClusterRoleBinding", f"{RELEASE}-tokenreview") == []
+    assert pod_spec(authority(objs))["automountServiceAccountToken"] is False
+    op = operator(objs)
+    assert not any("projected" in v for v in pod_spec(op)["volumes"])
+    assert "AGENTBUDGET_TOKEN_FILE" not in plain_env(container(op, "operator"))
+    # the keys of the other mode are ignored, not half-applied
+    ignored = {"mode": "none", "apiKeysSecret": "keys", "roles": {"system:serviceaccount:a:b": {"role": "viewer"}}}
+    half = tuple(render_chart(chart, {"authority": {"auth": ignored}}))
+    assert find(half, "ConfigMap", f"{RELEASE}-roles") == []
+    assert {v["name"] for v in pod_spec(authority(half))["volumes"]} == {"tmp"}
+
+
+def test_api_keys_and_roles_are_mounted_where_the_authority_reads_them(tmp_path: Path) -> None:
+    objs = rendered("auth")
+    workload = authority(objs)
+    c = container(workload, "authority")
+    env = plain_env(c)
+    keys_path = Path(env["AGENTBUDGET_API_KEYS_FILE"])
+    assert mount(c, "api-keys") == {"name": "api-keys", "mountPath": str(keys_path.parent), "readOnly": True}
+    secret = volume(workload, "api-keys")["secret"]
+    assert secret["secretName"] == "agentbudget-api-keys"
+    assert secret["items"] == [{"key": "api-keys.yaml", "path": keys_path.name}]  # the user's Secret, that key only
+    assert find(objs, "Secret") == []
+    roles_path = Path(env["AGENTBUDGET_ROLES_FILE"])
+    assert mount(c, "roles") == {"name": "roles", "mountPath": str(roles_path.parent), "readOnly": True}
+    configmap = one(objs, "ConfigMap", volume(workload, "roles")["configMap"]["name"])
+    # The authority's own loaders, on the files as the pod would see them.
+    roles_file = tmp_path / "roles.yaml"
+    roles_file.write_text(configmap["data"][roles_path.name])
+    (tmp_path / "api-keys.yaml").write_text("keys: []\n")
+    loaded = settings.load(None, {**env, "AGENTBUDGET_DATABASE_URL": "postgresql://db/agentbudget"})
+    assigned = roles.load(loaded.admin_principals, str(roles_file))
+    assert assigned.principal("system:serviceaccount:agents:ceo") == Principal(
+        "system:serviceaccount:agents:ceo", "coordinator", ("agents/*",)
+    )
+    assert assigned.principal("system:serviceaccount:finance:reports").scope == ("*",)
+    assert assigned.principal(operator_principal(objs)).role == "admin"
+    assert assigned.principal("system:serviceaccount:agents:research").role == "agent"
+    # The authority's start with that environment (outside a cluster: API keys only, and it says so).
+    here = dataclasses.replace(loaded, api_keys_file=str(tmp_path / "api-keys.yaml"), roles_file=str(roles_file))
+    access = Access.load(here)
+    try:
+        assert access.mode == "required" and access.authenticator is not None
+        assert access.authenticator.roles.principal("system:serviceaccount:agents:ceo").role == "coordinator"
+    finally:
+        access.close()
+
+
+def test_a_changed_roles_file_rolls_the_replicas(chart: helm.Chart) -> None:
+    def annotations(values: Obj) -> dict[str, str]:
+        pod = authority(tuple(render_chart(chart, values)))["spec"]["template"]
+        return dict(pod["metadata"]["annotations"])
+
+    base = load_values("auth")
+    changed = merged(base, {"authority": {"auth": {"roles": {"system:serviceaccount:a:b": {"role": "viewer"}}}}})
+    assert annotations(base)["checksum/roles"] != annotations(changed)["checksum/roles"]
+    assert "checksum/roles" not in annotations({})
+
+
+@pytest.mark.parametrize(("name", "required"), [("defaults", True), ("auth-none", False)])
+def test_the_notes_say_how_agents_authenticate_or_warn_that_nobody_does(
+    chart: helm.Chart, name: str, required: bool
+) -> None:
+    manifests = chart.render(load_values(name), name=RELEASE, namespace=NAMESPACE, is_install=True)
+    (notes,) = [text for path, text in manifests.items() if path.endswith("NOTES.txt")]
+    assert ("injectToken" in notes and "serviceAccountName" in notes) is required
+    assert ("AUTHENTICATION IS OFF" in notes and "NEVER for production" in notes) is not required
 
 
 # --- migrations -----------------------------------------------------------------------------

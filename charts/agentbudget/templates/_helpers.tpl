@@ -157,3 +157,40 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* "true" when callers must authenticate (authority.auth.mode required), else empty. */}}
+{{- define "agentbudget.auth.required" -}}
+{{- if eq .Values.authority.auth.mode "required" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The operator's principal at the authority: what a TokenReview names the operator's ServiceAccount
+(the one operator-serviceaccount.yaml creates and the operator Deployment runs as).
+*/}}
+{{- define "agentbudget.operator.principal" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "agentbudget.operator.serviceAccountName" . }}
+{{- end -}}
+
+{{/* AGENTBUDGET_ADMIN_PRINCIPALS: the operator's ServiceAccount (when deployed), then authority.auth.adminPrincipals. */}}
+{{- define "agentbudget.authority.adminPrincipals" -}}
+{{- $admins := list -}}
+{{- if .Values.operator.enabled -}}
+{{- $admins = append $admins (include "agentbudget.operator.principal" .) -}}
+{{- end -}}
+{{- range .Values.authority.auth.adminPrincipals -}}
+{{- if not (has . $admins) -}}
+{{- $admins = append $admins . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $admins -}}
+{{- end -}}
+
+{{/* Whether the chart writes a roles file (authority.auth.roles) for the authority. */}}
+{{- define "agentbudget.auth.roles.enabled" -}}
+{{- if and (include "agentbudget.auth.required" .) .Values.authority.auth.roles -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the operator's projected token for the authority (audience agentbudget) is mounted. */}}
+{{- define "agentbudget.operator.tokenDir" -}}
+/var/run/secrets/agentbudget.io
+{{- end -}}
