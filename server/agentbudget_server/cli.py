@@ -14,7 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from agentbudget.client import BudgetClient, connect_from_env, to_decimal
+from agentbudget.client import BudgetClient, to_decimal
 from agentbudget.errors import BudgetError
 from agentbudget.v1 import budget_authority_pb2 as pb
 from google.protobuf.json_format import MessageToDict
@@ -22,11 +22,11 @@ from google.protobuf.message import Message
 
 from . import db, logs, reports_cli, settings
 from .auth import cli as auth_cli
+from .connection_args import add_connection_arguments, connect_from_args
 from .errors import AuthorityError
 from .tables import render_table
 
 log = logging.getLogger("agentbudget")
-DEFAULT_TARGET = "127.0.0.1:50051"
 PERIODS = {"monthly": pb.MONTHLY, "weekly": pb.WEEKLY, "daily": pb.DAILY}
 
 
@@ -103,19 +103,6 @@ def _emit(args: argparse.Namespace, message: Message | list[Message], table: tup
         print(json.dumps(data, indent=2))
     else:
         print(render_table(*table))
-
-
-def connect_from_args(args: argparse.Namespace) -> BudgetClient:
-    """The client the shared flags describe; a flag not given falls back to its AGENTBUDGET_* variable."""
-    return connect_from_env(
-        args.target,
-        tls=args.tls,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
-        token_file=args.token_file,
-        server_name=args.server_name,
-    )
 
 
 async def _client_command(args: argparse.Namespace) -> int:
@@ -324,28 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=cmd_migrate)
 
     client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--target", default=os.environ.get("AGENTBUDGET_TARGET", DEFAULT_TARGET))
+    add_connection_arguments(client)
     client.add_argument("--json", action="store_true", help="machine-readable output")
     client.add_argument("--currency", default="USD")
-    # TLS and the bearer token; unset flags fall back to the agents' variables (agentbudget.client.connect_from_env).
-    client.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS to the authority (env AGENTBUDGET_TLS=1; implied by --ca-file or a client certificate)",
-    )
-    client.add_argument(
-        "--ca-file",
-        help="CA bundle (PEM) to check the authority's certificate (env AGENTBUDGET_CA_FILE; default: system roots)",
-    )
-    client.add_argument("--cert-file", help="client certificate (PEM) for mTLS (env AGENTBUDGET_CERT_FILE)")
-    client.add_argument("--key-file", help="the client certificate's key (env AGENTBUDGET_KEY_FILE)")
-    client.add_argument(
-        "--token-file",
-        help="bearer token file, re-read when it changes (env AGENTBUDGET_TOKEN_FILE, default "
-        "/var/run/secrets/agentbudget.io/token if it exists; AGENTBUDGET_TOKEN gives the token itself)",
-    )
-    client.add_argument("--server-name", help="the name on the authority's certificate when not the target's host")
 
     budget = sub.add_parser("budget", help="create, show, list or delete budgets")
     actions = budget.add_subparsers(dest="action", required=True)

@@ -19,18 +19,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from agentbudget.client import BudgetClient, connect, to_decimal
+from agentbudget.client import BudgetClient, to_decimal
 from agentbudget.errors import BudgetError, InvalidRequestError
 from agentbudget.v1 import budget_authority_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import audit, report_ranges, review, settings
 from . import report_text as fmt
+from .connection_args import add_connection_arguments, connect_from_args
 from .money import format_nanos
 from .periods import zone
 from .tables import render_table
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 DIMENSIONS = {
     "budget": pb.SPEND_BY_BUDGET,
     "agent": pb.SPEND_BY_BUDGET,
@@ -111,6 +111,7 @@ def build_request(args: argparse.Namespace) -> tuple[pb.QuerySpendRequest, tuple
         models=args.model,
         task_types=args.task_type,
         labels=labels,
+        principals=args.principal,
         group_by=group_by(args.by),
         time_zone=args.time_zone,
         currency=args.currency,
@@ -165,6 +166,7 @@ def _scope_text(req: pb.QuerySpendRequest, span: tuple[datetime | None, datetime
     scope += [f"model {', '.join(fmt.key_text(m) for m in req.models)}"] if req.models else []
     scope += [f"task type {', '.join(fmt.key_text(t) for t in req.task_types)}"] if req.task_types else []
     scope += [f"label {k}={v}" for k, v in sorted(req.labels.items())]
+    scope += [f"principal {', '.join(fmt.key_text(p) for p in req.principals)}"] if req.principals else []
     scope += [f"{req.currency} budgets"] if req.currency else []
     of = f" of {'; '.join(scope)}" if scope else ""
     return f"spend{of} from {shown(span[0], 'the beginning')} to {shown(span[1], 'now')} ({req.time_zone or 'UTC'})"
@@ -306,7 +308,7 @@ def render_csv_report(req: pb.QuerySpendRequest, resp: pb.QuerySpendResponse) ->
 
 
 async def _report(args: argparse.Namespace) -> None:
-    async with connect(args.target) as client:
+    async with connect_from_args(args) as client:
         if args.review:
             data = await review.gather(client, args.review, args.time_zone, args.currency or "USD", args.namespace)
             await asyncio.to_thread(Path(args.html).write_text, review.render(data), "utf-8")
@@ -411,7 +413,7 @@ def render_top(budgets: Sequence[pb.Budget], now: datetime, sort: str = "used") 
 
 
 async def _top(args: argparse.Namespace) -> None:
-    async with connect(args.target) as client:
+    async with connect_from_args(args) as client:
         while True:
             budgets = [b async for b in client.list_budgets(args.namespace)]
             frame = render_top(budgets, datetime.now(UTC), args.sort)
@@ -519,13 +521,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """``report``, ``top`` and ``verify``, on the ``agentbudget`` command's subparsers."""
-    target = os.environ.get("AGENTBUDGET_TARGET", DEFAULT_TARGET)
     report = sub.add_parser(
         "report",
         help="spend by budget, model, task type, kind and day / week / month",
         description="Committed spend (commits and direct charges), most expensive group first.",
     )
-    report.add_argument("--target", default=target)
+    add_connection_arguments(report)
     report.add_argument("--by", default="", help="comma-separated: budget, model, task_type, kind, day, week, month")
     report.add_argument(
         "--period",
@@ -541,6 +542,9 @@ def add_parsers(sub: Any) -> None:
     report.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
     report.add_argument("--task-type", action="append", default=[], help="only this task type (repeatable)")
     report.add_argument("--label", action="append", default=[], help="key=value the cost must carry (repeatable)")
+    report.add_argument(
+        "--principal", action="append", default=[], help="only costs this principal caused (repeatable; '' = none)"
+    )
     report.add_argument("--currency", default="", help="only budgets in this currency")
     report.add_argument("--tasks", action="store_true", help="also count distinct task ids (reads the ledger)")
     report.add_argument("--top", type=int, default=0, help="only the N most expensive groups (default: all)")
@@ -557,7 +561,7 @@ def add_parsers(sub: Any) -> None:
     report.set_defaults(run=cmd_report)
 
     top = sub.add_parser("top", help="a live view of every budget's utilization")
-    top.add_argument("--target", default=target)
+    add_connection_arguments(top)
     top.add_argument("--namespace", default="")
     top.add_argument("--sort", choices=("used", "spent", "name"), default="used")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")

@@ -50,6 +50,7 @@ class SpendQuery:
     models: tuple[str, ...] = ()
     task_types: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    principals: tuple[str, ...] = ()  # "" matches costs recorded without one
     start: datetime | None = None
     end: datetime | None = None
     group_by: tuple[Dimension, ...] = ()
@@ -130,7 +131,12 @@ def _midnight(d: date) -> datetime:
 def plan(q: SpendQuery) -> Plan:
     """Split [start, end) into ledger edges, rollup days and rollup months."""
     start, end = q.start or EARLIEST, q.end or LATEST
-    rollup = not q.labels and not q.count_tasks and (q.bucket is None or q.time_zone in UTC_NAMES)
+    rollup = (
+        not q.labels
+        and not q.principals  # the rollup keeps no principal
+        and not q.count_tasks
+        and (q.bucket is None or q.time_zone in UTC_NAMES)
+    )
     first_day, last_day = _day_ceil(start), end.astimezone(UTC).date()  # whole days: [first_day, last_day)
     if not rollup or first_day >= last_day:
         return Plan(_NO_DAYS, (_NO_DAYS, _NO_DAYS), ((start, end), _NO_TIME))
@@ -189,6 +195,7 @@ def arguments(q: SpendQuery, budget_ids: list[int] | None) -> list[Any]:
         q.count_tasks,
         q.page_size + 1,
         q.offset,
+        list(q.principals) or None,
     ]
 
 

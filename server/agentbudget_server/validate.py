@@ -424,6 +424,7 @@ def query_spend(req: pb.QuerySpendRequest) -> spend.SpendQuery:
         models=_values(req.models, "models", 200),
         task_types=_values(req.task_types, "task_types", 128),
         labels=tuple(sorted(labels(req.labels, "labels").items())),
+        principals=_values(req.principals, "principals", 253),
         start=start,
         end=end,
         group_by=tuple(group_by),

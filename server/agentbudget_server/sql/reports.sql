@@ -23,7 +23,8 @@ SELECT id, name FROM budgets WHERE name = ANY ($1::text[]);
 -- $15 task types, $16 labels the entry must contain (jsonb), $17 currency.
 -- Grouping: $18 budget, $19 model, $20 task type, $21 kind, $22 time bucket ('', 'day', 'week',
 -- 'month') in the zone $23; $24 counts distinct task ids (ledger ranges only).
--- Page: $25 rows, after $26 rows.
+-- Page: $25 rows, after $26 rows. $27 principals who caused the entries ('' matches none
+-- recorded; ledger ranges only: the rollup keeps no principal).
 WITH src AS (
     SELECT m.budget_id, m.month::timestamp AT TIME ZONE 'UTC' AS at, m.kind, m.model, m.task_type,
            m.cost_nanos::bigint AS cost_nanos, m.entries, m.input_tokens::bigint AS input_tokens,
@@ -63,6 +64,7 @@ WITH src AS (
       -- a fleet-wide one. Not for chosen budgets: their own index finds far fewer rows, and
       -- containment estimates are too rough for the planner to know that.
       AND ($16::jsonb IS NULL OR (e.labels @> $16 AND ($11::bigint[] IS NOT NULL OR e.labels <> '{}')))
+      AND ($27::text[] IS NULL OR coalesce(e.principal, '') = ANY ($27))
 ),
 keyed AS NOT MATERIALIZED (
     SELECT b.currency,
