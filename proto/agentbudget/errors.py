@@ -110,6 +110,7 @@ REASONS: dict[str, type[BudgetError]] = {
     "CREDENTIALS_INVALID": UnauthenticatedError,
     "NOT_ALLOWED": PermissionDeniedError,
     "RATE_LIMITED": RateLimitedError,
+    "AUTHENTICATION_UNAVAILABLE": UnavailableError,
 }
 
 

@@ -89,6 +89,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     RATE_LIMITED: _ErrorReason.ValueType  # 21
     """RESOURCE_EXHAUSTED: the caller's rate limit; metadata "retry_after_ms"."""
+    AUTHENTICATION_UNAVAILABLE: _ErrorReason.ValueType  # 22
+    """UNAVAILABLE: the credentials could not be checked (the Kubernetes API did not answer the
+    TokenReview); retry.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable values of google.rpc.ErrorInfo.reason (the enum is documentation:
@@ -146,6 +150,10 @@ NOT_ALLOWED: ErrorReason.ValueType  # 20
 """
 RATE_LIMITED: ErrorReason.ValueType  # 21
 """RESOURCE_EXHAUSTED: the caller's rate limit; metadata "retry_after_ms"."""
+AUTHENTICATION_UNAVAILABLE: ErrorReason.ValueType  # 22
+"""UNAVAILABLE: the credentials could not be checked (the Kubernetes API did not answer the
+TokenReview); retry.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Period:
