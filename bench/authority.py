@@ -26,8 +26,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class Job:
     tag: str
     priced: bool = False  # Reserve by estimate (the authority prices it) instead of by amount
     with_details: bool = False  # by amount, with the estimate's details too (the --pricing baseline)
+    reserve_only: bool = False  # each call a Reserve alone (a hold, never ended), not a Reserve+Commit pair
 
 
 @dataclass
@@ -71,6 +73,7 @@ class WorkerResult:
     pairs_total: int = 0  # every completed pair, warm-up and drain included
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    load_cpu: list[float] = field(default_factory=list)  # each load process's CPU while measured (1.0 = one core)
 
 
 @dataclass
@@ -109,7 +112,9 @@ async def _client(
             else:
                 reserve = pb.ReserveRequest(budget=budget, reservation_id=rid, amount=HOLD)
             await stub.Reserve(reserve, timeout=RPC_TIMEOUT)
-            await stub.Commit(pb.CommitRequest(budget=budget, reservation_id=rid, actual=ACTUAL), timeout=RPC_TIMEOUT)
+            if not job.reserve_only:
+                commit = pb.CommitRequest(budget=budget, reservation_id=rid, actual=ACTUAL)
+                await stub.Commit(commit, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             out.errors += 1
             if len(out.error_samples) < 5:
@@ -156,19 +161,22 @@ def run_load(
     server_cpu: Callable[[], float],
     priced: bool = False,
     with_details: bool = False,
+    reserve_only: bool = False,
 ) -> tuple[WorkerResult, float]:
-    """The merged results of the workers, and the server's CPU use (1.0 = one core) while measured."""
+    """The merged results of the workers (with their own CPU use), and the server's CPU use (1.0 =
+    one core) while measured."""
     ctx = mp.get_context("spawn")
     workers = min(workers, clients)
     barrier = ctx.Barrier(workers + 1)  # the parent too: it times the server over the measured window
     results: mp.Queue[WorkerResult] = ctx.Queue()
     share, extra = divmod(clients, workers)
+    job = Job(target, budgets, clients, warmup, seconds, tag, priced, with_details, reserve_only)
     procs = [
         ctx.Process(
             target=worker_main,
             daemon=True,
             args=(
-                Job(target, budgets, share + (i < extra), warmup, seconds, f"{tag}-w{i}", priced, with_details),
+                replace(job, clients=share + (i < extra), tag=f"{tag}-w{i}"),
                 barrier,
                 results,
             ),
@@ -185,9 +193,10 @@ def run_load(
         except threading.BrokenBarrierError:
             raise RuntimeError("load workers did not reach the start barrier") from None
         time.sleep(warmup)
-        cpu_before = server_cpu()
+        cpu_before, load_before = server_cpu(), [cpu_seconds(p.pid or 0) for p in procs]
         time.sleep(seconds)
         cpu = (server_cpu() - cpu_before) / seconds
+        merged.load_cpu = [(cpu_seconds(p.pid or 0) - t) / seconds for p, t in zip(procs, load_before, strict=True)]
         deadline = time.monotonic() + 120
         while received < workers:
             if time.monotonic() > deadline:
@@ -229,27 +238,33 @@ async def admin(admin_dsn: str, sql: str) -> str:
         await conn.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a live process so far; 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 class Server:
-    def __init__(self, dsn: str, workdir: Path) -> None:
+    """``agentbudget serve`` on a free port of 127.0.0.1, with ``extra`` flags."""
+
+    def __init__(self, dsn: str, workdir: Path, extra: Sequence[str] = ()) -> None:
+        binary = Path(sys.executable).with_name("agentbudget")
+        argv = [str(binary), "serve", "--listen", f"{HOST}:0", "--database-url", dsn, "--log-level", "WARNING"]
+        self.launch([*argv, *extra], workdir)
+
+    def launch(self, argv: Sequence[str], workdir: Path) -> None:
+        """Start ``argv --ready-file FILE`` and wait until the process writes its port there."""
         self.ready = workdir / "ready"
         self.log = workdir / "server.log"
-        binary = Path(sys.executable).with_name("agentbudget")
         with self.log.open("wb") as log:
+            # A benchmark measures the ledger, not authentication (bench/auth.py does that): unless the
+            # environment says otherwise, no authentication and no rate limit.
+            env = {"AGENTBUDGET_AUTH": "none", "AGENTBUDGET_RATE_LIMIT_PER_SECOND": "0", **os.environ}
             self.proc = subprocess.Popen(
-                [
-                    str(binary),
-                    "serve",
-                    "--listen",
-                    f"{HOST}:0",
-                    "--database-url",
-                    dsn,
-                    "--ready-file",
-                    str(self.ready),
-                    "--log-level",
-                    "WARNING",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                [*argv, "--ready-file", str(self.ready)], stdout=log, stderr=subprocess.STDOUT, env=env
             )
         self.port = self._wait_ready(60)
         self.target = f"{HOST}:{self.port}"
@@ -266,8 +281,7 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float:
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return cpu_seconds(self.proc.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -306,8 +320,8 @@ async def totals(dsn: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def audit(dsn: str, spent_before: int, load: WorkerResult) -> list[str]:
-    """Problems found in the ledger after a cell; empty when it is consistent."""
+async def ledger_problems(dsn: str) -> list[str]:
+    """Every period whose balance differs from its ledger (``audit_balances``) or whose spent exceeds its limit."""
     problems: list[str] = []
     conn = await asyncpg.connect(dsn)
     try:
@@ -320,6 +334,12 @@ async def audit(dsn: str, spent_before: int, load: WorkerResult) -> list[str]:
             problems.append(f"spent exceeds limit: {dict(row)}")
     finally:
         await conn.close()
+    return problems
+
+
+async def audit(dsn: str, spent_before: int, load: WorkerResult) -> list[str]:
+    """Problems found in the ledger after a cell; empty when it is consistent."""
+    problems = await ledger_problems(dsn)
     spent, held = await totals(dsn)
     if load.errors == 0:  # with errors a pair may have half-happened: the exact totals do not apply
         expected = spent_before + load.pairs_total * ACTUAL_NANOS
@@ -422,9 +442,8 @@ def render(cells: list[Cell], machine: str) -> str:
     return f"{render_table(headers, rows)}\n{machine}"
 
 
-def parse_args() -> argparse.Namespace:
-    cpus = len(os.sched_getaffinity(0))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(p: argparse.ArgumentParser, clients: list[int]) -> None:
+    """The flags every benchmark of the authority takes (checked by :func:`check_common_arguments`)."""
     p.add_argument(
         "--admin-dsn",
         default=os.environ.get("AGENTBUDGET_BENCH_ADMIN_DSN", DEFAULT_ADMIN_DSN),
@@ -433,10 +452,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="measured duration per cell")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured load before each cell")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 s per cell, 0.3 s warm-up")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64], help="concurrent clients per cell")
+    p.add_argument("--clients", type=int, nargs="+", default=clients, help="concurrent clients per cell")
     p.add_argument("--budgets", type=int, default=1000, help="budgets of the spread scenario")
-    p.add_argument("--workers", type=int, default=min(4, max(2, cpus)), help="load-generator processes")
     p.add_argument("--json", type=Path, help="also write the results here")
+
+
+def check_common_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, load_processes: int) -> None:
+    if args.quick:
+        args.seconds, args.warmup = 1.0, 0.3
+    if args.seconds <= 0 or args.warmup < 0 or load_processes < 1 or args.budgets < 1 or min(args.clients) < 1:
+        p.error("durations, workers, budgets and clients must be positive")
+    if max(args.clients) > 1024:
+        p.error("at most 1024 clients")
+
+
+def parse_args() -> argparse.Namespace:
+    cpus = len(os.sched_getaffinity(0))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, [1, 16, 64])
+    p.add_argument("--workers", type=int, default=min(4, max(2, cpus)), help="load-generator processes")
     p.add_argument("--rounds", type=int, default=3, help="with --pricing: alternating rounds per side and cell")
     p.add_argument(
         "--pricing",
@@ -444,55 +478,62 @@ def parse_args() -> argparse.Namespace:
         help="each cell twice, side by side: Reserve by amount (with the same details) and by estimate (priced)",
     )
     args = p.parse_args()
-    if args.quick:
-        args.seconds, args.warmup = 1.0, 0.3
-    if args.seconds <= 0 or args.warmup < 0 or args.workers < 1 or args.budgets < 1 or min(args.clients) < 1:
-        p.error("durations, workers, budgets and clients must be positive")
-    if max(args.clients) > 1024:
-        p.error("at most 1024 clients")
+    check_common_arguments(p, args, args.workers)
     return args
+
+
+def scenarios(budgets: int) -> dict[str, list[str]]:
+    """The budgets of each scenario: one hot budget, and ``budgets`` budgets picked at random per call."""
+    return {"hot-1": ["bench/hot"], f"spread-{budgets}": [f"bench/b-{i:05d}" for i in range(budgets)]}
+
+
+@contextmanager
+def bench_database(admin_dsn: str, prefix: str = "agentbudget_bench") -> Iterator[tuple[str, str]]:
+    """A fresh database for one run, dropped afterwards: its DSN and the server's PostgreSQL version."""
+    database = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    version = asyncio.run(admin(admin_dsn, f'CREATE DATABASE "{database}"'))
+    try:
+        yield dsn_for(admin_dsn, database), version
+    finally:
+        asyncio.run(admin(admin_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def _run(args: argparse.Namespace, dsn: str) -> tuple[list[Cell], str]:
+    """Every cell against one server on ``dsn``; the cells and the server's log tail."""
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="agentbudget-bench-") as workdir:
+        server = Server(dsn, Path(workdir))
+        try:
+            for scenario, budgets in scenarios(args.budgets).items():
+                asyncio.run(create_budgets(server.target, budgets))
+                for n, clients in enumerate(args.clients):
+                    if not args.pricing:
+                        cells.append(run_cell(args, server, dsn, scenario, budgets, clients))
+                        _progress(cells[-1])
+                        continue
+                    # Side by side: rounds in alternating order (ABBA...), so neither side always runs on
+                    # the fuller ledger, and each side's rounds pooled.
+                    rounds: dict[bool, list[Cell]] = {False: [], True: []}
+                    for r in range(args.rounds):
+                        for priced in (False, True) if (n + r) % 2 == 0 else (True, False):
+                            rounds[priced].append(run_cell(args, server, dsn, scenario, budgets, clients, priced))
+                            _progress(rounds[priced][-1])
+                    cells += [pool_rounds(rounds[False]), pool_rounds(rounds[True])]
+            return cells, server.log_tail(50)
+        finally:
+            server.stop()
 
 
 def main() -> int:
     args = parse_args()
-    database = f"agentbudget_bench_{uuid.uuid4().hex[:10]}"
-    dsn = dsn_for(args.admin_dsn, database)
-    version = asyncio.run(admin(args.admin_dsn, f'CREATE DATABASE "{database}"'))
+    load_average = os.getloadavg()[0]
+    with bench_database(args.admin_dsn) as (dsn, version):
+        cells, server_log = _run(args, dsn)
     machine = (
-        f"machine: nproc={len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} at start, "
+        f"machine: nproc={len(os.sched_getaffinity(0))}, load average {load_average:.2f} at start, "
         f"PostgreSQL {version}; {args.workers} load processes at most, "
         f"{args.seconds:g} s per cell after {args.warmup:g} s warm-up"
     )
-    cells: list[Cell] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="agentbudget-bench-") as workdir:
-            server = Server(dsn, Path(workdir))
-            try:
-                scenarios = {
-                    "hot-1": ["bench/hot"],
-                    f"spread-{args.budgets}": [f"bench/b-{i:05d}" for i in range(args.budgets)],
-                }
-                for scenario, budgets in scenarios.items():
-                    asyncio.run(create_budgets(server.target, budgets))
-                    for n, clients in enumerate(args.clients):
-                        if not args.pricing:
-                            cells.append(run_cell(args, server, dsn, scenario, budgets, clients))
-                            _progress(cells[-1])
-                            continue
-                        # Side by side: rounds in alternating order (ABBA...), so neither side always runs on
-                        # the fuller ledger, and each side's rounds pooled.
-                        rounds: dict[bool, list[Cell]] = {False: [], True: []}
-                        for r in range(args.rounds):
-                            for priced in (False, True) if (n + r) % 2 == 0 else (True, False):
-                                rounds[priced].append(run_cell(args, server, dsn, scenario, budgets, clients, priced))
-                                _progress(rounds[priced][-1])
-                        cells += [pool_rounds(rounds[False]), pool_rounds(rounds[True])]
-                server_log = server.log_tail(50)
-            finally:
-                server.stop()
-    finally:
-        asyncio.run(admin(args.admin_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-
     print(render(cells, machine))
     if args.pricing:
         for first, second in zip(cells[::2], cells[1::2], strict=True):
