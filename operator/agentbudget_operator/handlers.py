@@ -49,7 +49,12 @@ async def delete(*, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.daemon(*CR, registry=registry, cancellation_timeout=2.0)
 async def follow(*, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    await reconcile.follow(memo["ctx"], body, stopped)
+    try:
+        await reconcile.follow(memo["ctx"], body, stopped)
+    except Exception:
+        if stopped:  # the operator is stopping: its channel may be closed already; nothing to retry
+            return
+        raise
 
 
 @kopf.timer(*CR, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=registry)
