@@ -298,6 +298,13 @@ def test_an_authority_that_refuses_the_operator_is_a_condition_and_retried(kube:
             self.failures.append(refusal)
             self._seen("UpsertBudget", context)
 
+        def WatchEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
+            # A live stream with nothing to say, as a real authority's: the follower waits on it
+            # (rather than reconnecting in a loop) until the operator stops.
+            while context.is_active():
+                time.sleep(0.02)
+            yield from ()
+
     echo = Refusing()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_BudgetAuthorityServicer_to_server(echo, server)

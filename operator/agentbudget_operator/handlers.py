@@ -52,7 +52,7 @@ async def follow(*, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
     try:
         await reconcile.follow(memo["ctx"], body, stopped)
     except Exception:
-        if stopped:  # the operator is stopping: its channel may be closed already; nothing to retry
+        if stopped or memo["ctx"].closed:  # the operator is stopping: its channel may be closed already
             return
         raise
 

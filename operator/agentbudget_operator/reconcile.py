@@ -41,6 +41,8 @@ class Context:
     principals: dict[tuple[str, str], str | None] = field(default_factory=dict)
     # AgentBudgets whose target's new ServiceAccount could not be synced: the resync retries them.
     unsynced: set[tuple[str, str]] = field(default_factory=set)
+    # Set by close(): the event streams end instead of retrying on a closed channel.
+    closed: bool = False
 
     @classmethod
     def create(cls, config: OperatorConfig) -> Context:
@@ -56,6 +58,7 @@ class Context:
         return cls(config, authority, Kube(api_client(config.kube_url)))
 
     async def close(self) -> None:
+        self.closed = True
         await self.authority.close()
         self.kube.close()
 
