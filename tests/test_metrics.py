@@ -79,6 +79,9 @@ async def test_reserve_commit_and_deny_move_the_counters(authority, stub):
     assert value(s, "agentbudget_db_pool_size") >= 1
     assert value(s, "agentbudget_db_pool_max") == authority.settings.pool_max
     assert "agentbudget_db_pool_idle" in {name for name, _ in s}
+    # Three hold-path calls, one after another: three transactions of one call each.
+    assert value(s, "agentbudget_group_commit_calls_total") == 3
+    assert value(s, "agentbudget_group_commit_transactions_total") == 3
     # No series carries a reservation, request or task id.
     assert not any(v in ("r1", "r2", "task-1") for _, labels in s for _, v in labels)
 
@@ -244,7 +247,7 @@ async def test_metrics_can_be_turned_off(dsn):
     authority = await app.start(server_settings(metrics_listen=""), dsn)
     try:
         assert authority.metrics_port == 0
-        assert authority.observability.interceptors == []
+        assert authority.observability.layers == []
     finally:
         await authority.stop(grace=0.5)
 

@@ -14,14 +14,14 @@ from typing import Any
 import asyncpg
 import grpc
 from agentbudget.v1 import budget_authority_pb2 as pb
-from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import db, ledger, pricing
 from .auth.access import Access
 from .events import EventHub
 from .groupcommit import GroupCommit
+from .layers import Layer, Registrar
 from .observability import Observability
 from .servicer import BudgetAuthority
 from .settings import Settings
@@ -29,6 +29,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 # grpc_health sets .aio at import time; its stubs do not know it.
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+ReflectionServicer: Any = reflection.aio.ReflectionServicer  # type: ignore[attr-defined]  # likewise
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
@@ -37,22 +38,23 @@ def create_server(
     servicer: BudgetAuthority,
     *,
     reuse_port: bool = False,
-    interceptors: Sequence[Any] = (),
+    layers: Sequence[Layer] = (),
     credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A server bound to ``address`` (port 0 picks a free one); returns it with the bound port.
 
     ``reuse_port`` lets worker processes share one port; otherwise a port in use is an error, not
-    a silent share with whatever holds it. With ``credentials`` the port speaks TLS only.
+    a silent share with whatever holds it. With ``credentials`` the port speaks TLS only. Every
+    method of every service is wrapped in ``layers`` (the first outermost).
     """
-    server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", int(reuse_port))])
-    pb_grpc.add_BudgetAuthorityServicer_to_server(servicer, server)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+    services = Registrar()
+    servicer.register(services)
     health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ReflectionServicer(names), services)
+    services.install(server, layers)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
@@ -108,13 +110,13 @@ async def start(settings: Settings, dsn: str, *, reuse_port: bool = False) -> Au
     await hub.start()
     holds = GroupCommit(pool, settings.max_batch)
     servicer = BudgetAuthority(pool, hub, settings, pricing.load(settings.price_config), holds)
-    observability = await Observability.start(settings, dsn, pool)
+    observability = await Observability.start(settings, dsn, pool, holds)
     server, port, health_servicer = create_server(
         settings.listen,
         servicer,
         reuse_port=reuse_port,
         # Metrics outermost: refusals are counted by their code like any other answer.
-        interceptors=[*observability.interceptors, access.interceptor(settings, pool)],
+        layers=[*observability.layers, access.layer(settings, pool)],
         credentials=access.credentials,
     )
     await server.start()

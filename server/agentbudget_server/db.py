@@ -22,11 +22,22 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6167656E74627564
 
 
+class PooledConnection(asyncpg.Connection):
+    """A pool connection keeps no session state: LISTEN and session advisory locks live on
+    connections of their own (events, webhooks, migrations) and nothing runs SET. So the reset
+    query asyncpg sends on every release (unlisten, unlock, reset all, close cursors) would be a
+    round trip per hold-path transaction for nothing; an open transaction is still rolled back."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        connection_class=PooledConnection,
         command_timeout=30,
         # The ledger's hot statements run thousands of times; keep them prepared.
         statement_cache_size=256,

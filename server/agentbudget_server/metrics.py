@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import grpc
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,8 +27,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .layers import Unary
+
+if TYPE_CHECKING:
+    from .groupcommit import GroupCommit
 
 # From a cached replay (~100 µs) to a call stuck behind a lock or a slow database (seconds).
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -146,6 +150,25 @@ class PoolCollector(Collector):
         yield GaugeMetricFamily("agentbudget_db_pool_max", "The pool's maximum size.", value=p.get_max_size())
 
 
+class GroupCommitCollector(Collector):
+    """How many hold-path calls went into how many transactions (their ratio: the batch size)."""
+
+    def __init__(self, holds: GroupCommit) -> None:
+        self.holds = holds
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "agentbudget_group_commit_transactions",
+            "Transactions of the hold path (Reserve, Commit, Release, RecordCost) in this process.",
+            value=self.holds.transactions,
+        )
+        yield CounterMetricFamily(
+            "agentbudget_group_commit_calls",
+            "Hold-path calls applied by those transactions (calls / transactions = the mean batch).",
+            value=self.holds.calls,
+        )
+
+
 def _code(context: Any, error: BaseException | None) -> str:
     code = context.code()
     if code is not None:
@@ -155,48 +178,21 @@ def _code(context: Any, error: BaseException | None) -> str:
     return "CANCELLED" if isinstance(error, asyncio.CancelledError | GeneratorExit) else "UNKNOWN"
 
 
-if TYPE_CHECKING:  # generic in the stubs only
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class RpcInterceptor(_ServerInterceptor):
-    """Counts and times every RPC by method and final status code."""
+class RpcMetrics:
+    """Counts and times every RPC by method and final status code (a layer: see ``layers``)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, service, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            # Streams last as long as their watchers want: counted, not timed. A stream handler
-            # either yields its messages or writes them itself (health's Watch does).
-            inner = handler.unary_stream
-            behavior: Any = (
-                self._stream(inner, service, method)
-                if inspect.isasyncgenfunction(inner)
-                else self._unary(inner, service, method, timed=False)
-            )
-            return grpc.unary_stream_rpc_method_handler(
-                behavior,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # no client- or bidi-streaming RPC in this API
+    def unary(self, service: str, method: str, inner: Unary) -> Unary:
+        return self._unary(inner, service, method)
+
+    def stream(self, service: str, method: str, inner: Any) -> Any:
+        # Streams last as long as their watchers want: counted, not timed. A stream handler
+        # either yields its messages or writes them itself (health's Watch does).
+        if inspect.isasyncgenfunction(inner):
+            return self._stream(inner, service, method)
+        return self._unary(inner, service, method, timed=False)
 
     def _done(self, service: str, method: str, code: str, request: Any, started: float | None) -> None:
         self.m.rpc_handled.labels(service, method, code).inc()

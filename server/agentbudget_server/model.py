@@ -41,6 +41,9 @@ class Details:
         """The fields that are set (on the hot path: no ``asdict``, which deep-copies)."""
         return {k: v for k in _DETAIL_FIELDS if (v := getattr(self, k)) is not None and v != {}}
 
+    def is_empty(self) -> bool:
+        return self is EMPTY_DETAILS or self == EMPTY_DETAILS
+
     def merged(self, newer: Details) -> Details:
         """``newer``'s set fields win (a commit's actual usage over the reserve's estimate)."""
         changes = newer.set_fields()
@@ -49,11 +52,13 @@ class Details:
         return replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(self.set_fields(), sort_keys=True)
+        return "{}" if self.is_empty() else json.dumps(self.set_fields(), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | dict[str, Any] | None) -> Details:
-        data = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        if raw == "{}" or not raw:
+            return EMPTY_DETAILS
+        data = json.loads(raw) if isinstance(raw, str) else raw
         return cls(**data)
 
     @classmethod
@@ -79,6 +84,7 @@ class Details:
 
 
 _DETAIL_FIELDS = tuple(f.name for f in fields(Details))
+EMPTY_DETAILS = Details()  # shared: frozen (its labels are never changed in place)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from google.type.money_pb2 import Money
 from . import commands as c
 from . import periods, rules, spend
 from .errors import InvalidField
-from .model import Details, Spec
+from .model import EMPTY_DETAILS, Details, Spec
 from .money import MoneyError, check_currency, from_parts
 
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -128,6 +128,8 @@ def _duration(value: Duration, field: str) -> timedelta:
 
 
 def details(value: pb.CostDetails, field: str) -> Details:
+    if not value.ByteSize():  # nothing given (most holds by amount): nothing to check
+        return EMPTY_DETAILS
     kind = None
     if value.kind:
         if value.kind not in _KINDS:

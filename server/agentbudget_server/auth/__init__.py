@@ -4,5 +4,5 @@ Each concern is a module of pure decisions with a thin adapter: ``tls`` (server 
 files), ``mode`` (is authentication on), ``apikeys`` and ``tokenreview`` (who is calling),
 ``roles`` (what a service account may do), ``policy`` (may this principal make this call on these
 budgets), ``ratelimit`` (per-principal token buckets), ``gate`` (the three in order, for one call)
-and ``interceptor`` (the gate in front of every RPC of the BudgetAuthority service).
+and ``layer`` (the gate in front of every RPC of the BudgetAuthority service).
 """

@@ -2,7 +2,7 @@
 
 Everything that can be wrong with the configuration (a missing certificate, a malformed keys or
 roles file, an unreadable kubeconfig) fails in :meth:`Access.load`, before the authority starts
-anything; the interceptor is made once the pool exists.
+anything; the layer is made once the pool exists.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from . import apikeys, mode, roles, tls, tokenreview
 from .agents import BudgetAgents
 from .authenticate import Authenticator
 from .gate import Gate
-from .interceptor import AuthInterceptor
+from .layer import AuthLayer
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("agentbudget_server.auth")
@@ -61,9 +61,9 @@ class Access:
         )
         return cls(resolved, credentials, Authenticator(keys, reviewer, assigned), kube)
 
-    def interceptor(self, settings: Settings, pool: asyncpg.Pool) -> AuthInterceptor:
+    def layer(self, settings: Settings, pool: asyncpg.Pool) -> AuthLayer:
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-        return AuthInterceptor(Gate(self.authenticator, limiter, BudgetAgents(pool)))
+        return AuthLayer(Gate(self.authenticator, limiter, BudgetAgents(pool)))
 
     def close(self) -> None:
         if self.kube is not None:

@@ -75,11 +75,24 @@ SELECT p.period_start, p.period_end, p.limit_nanos, p.spent_nanos, p.held_nanos,
        r.ended_at, r.committed_nanos, r.overrun, r.late, r.details, r.reserve_fingerprint, r.reserve_response,
        r.end_fingerprint, r.end_response
 FROM budget_periods p
-LEFT JOIN reservations r ON r.budget_id = p.budget_id AND r.reservation_id = ANY ($3::text[])
+LEFT JOIN LATERAL (
+    -- One primary-key probe per id, whatever the statistics say: a plain `= ANY` join was planned
+    -- as a scan of all of the budget's reservations while the table grew faster than ANALYZE ran
+    -- (a hot budget's transactions slowed with every hold). LIMIT keeps the planner from
+    -- flattening the probe into a hash join over the same scan.
+    SELECT found.* FROM unnest($3::text[]) AS wanted (id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM reservations WHERE budget_id = p.budget_id AND reservation_id = wanted.id LIMIT 1
+    ) AS found
+) AS r ON true
 WHERE p.budget_id = $1 AND p.period_start = $2;
 
 -- name: get_reservations
-SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = ANY ($2::text[]);
+-- By primary key, one probe per id (see get_period_with_holds).
+SELECT found.* FROM unnest($2::text[]) AS wanted (id)
+CROSS JOIN LATERAL (
+    SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = wanted.id LIMIT 1
+) AS found;
 
 -- name: due_holds
 -- Read under the budget's lock; the unit ends them in memory and writes them with the rest.
@@ -176,7 +189,12 @@ SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_
 INSERT INTO idempotency_keys (scope, request_id, fingerprint, response) VALUES ($1, $2, $3, $4);
 
 -- name: get_idempotency_keys
-SELECT request_id, fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_id = ANY ($2::text[]);
+-- By primary key, one probe per id (see get_period_with_holds): a budget's keys grow like its holds.
+SELECT found.* FROM unnest($2::text[]) AS wanted (id)
+CROSS JOIN LATERAL (
+    SELECT request_id, fingerprint, response FROM idempotency_keys
+    WHERE scope = $1 AND request_id = wanted.id LIMIT 1
+) AS found;
 
 -- name: insert_idempotency_keys
 INSERT INTO idempotency_keys (scope, request_id, fingerprint, response)
