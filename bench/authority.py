@@ -38,6 +38,7 @@ import grpc
 from agentbudget.client import money
 from agentbudget.v1 import budget_authority_pb2 as pb
 from agentbudget.v1 import budget_authority_pb2_grpc as pb_grpc
+from agentbudget_server import pricing, validate
 from agentbudget_server.sql import QUERIES
 from agentbudget_server.tables import render_table
 
@@ -45,8 +46,12 @@ DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOST = "127.0.0.1"
 LIMIT = "1000000000"  # the largest allowed: never denies at these rates
 HOLD = money("0.01")
-# The same hold, described instead of priced: 2,000 input + 500 output tokens on a cheap model.
-ESTIMATE = pb.CostDetails(kind=pb.MODEL_INFERENCE, model="claude-haiku-4-5", input_tokens=2000, output_tokens=500)
+# The same hold, described instead of priced: 5,000 input + 1,000 output tokens on a cheap model,
+# which the catalog prices at exactly HOLD (checked before a --pricing run), so that both sides of
+# the comparison hold and commit the same amounts. (With an estimate priced below the commit, every
+# commit of the priced side was an overrun, with an OVERRUN event and its own statement per pair:
+# that, not the pricing, made the estimate side ~10 % slower.)
+ESTIMATE = pb.CostDetails(kind=pb.MODEL_INFERENCE, model="claude-haiku-4-5", input_tokens=5000, output_tokens=1000)
 ACTUAL = money("0.009")
 ACTUAL_NANOS = 9_000_000
 RPC_TIMEOUT = 10.0
@@ -524,8 +529,20 @@ def _run(args: argparse.Namespace, dsn: str) -> tuple[list[Cell], str]:
             server.stop()
 
 
+def estimate_price_problem() -> str | None:
+    """Why the --pricing comparison would not compare like with like, if it would not."""
+    priced = pricing.parse({}).cost(validate.details(ESTIMATE, "details"))
+    hold = HOLD.units * 1_000_000_000 + HOLD.nanos
+    if priced != hold:
+        return f"the catalog prices ESTIMATE at {priced} nanos, not the {hold} of HOLD: adjust its tokens"
+    return None
+
+
 def main() -> int:
     args = parse_args()
+    if args.pricing and (problem := estimate_price_problem()):
+        print(f"bench/authority.py --pricing: {problem}", file=sys.stderr)
+        return 2
     load_average = os.getloadavg()[0]
     with bench_database(args.admin_dsn) as (dsn, version):
         cells, server_log = _run(args, dsn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -65,9 +66,8 @@ class Catalog:
             raise InvalidField("details.model", "required to price model inference", reason="UNKNOWN_MODEL")
         if model in self.models:
             return ceil_nanos(self.models[model].cost(d))
-        now = datetime.now(UTC)
         try:
-            linear = _linear_prices(model, d.provider or None, now.strftime("%Y-%m-%dT%H"))
+            linear = _linear_prices(model, d.provider or None, int(time.time()) // 3600)
         except LookupError:
             raise InvalidField(
                 "details.model", f"no price is known for model {model!r}", reason="UNKNOWN_MODEL"
@@ -135,12 +135,13 @@ def _find_model(model: str, provider: str | None) -> tuple[Any, Any]:
 
 
 @lru_cache(maxsize=1024)
-def _linear_prices(model: str, provider: str | None, hour: str) -> ModelPrice | None:
-    """The model's prices when they are flat per token (no tiers), as of ``hour``: then the cost is
-    the same sum genai-prices computes, at a fraction of its cost on the hot path. None: tiered."""
+def _linear_prices(model: str, provider: str | None, hour: int) -> ModelPrice | None:
+    """The model's prices when they are flat per token (no tiers), as of ``hour`` (hours since the
+    epoch: the key is cheap to make on the hot path, unlike a formatted time): then the cost is
+    the same sum genai-prices computes, at a fraction of its cost. None: tiered."""
     found_provider, info = _find_model(model, provider)
     del found_provider
-    prices = info.get_prices(datetime.fromisoformat(hour).replace(tzinfo=UTC))
+    prices = info.get_prices(datetime.fromtimestamp(hour * 3600, UTC))
     parts = [
         getattr(prices, name, None) for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
     ]
