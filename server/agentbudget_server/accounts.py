@@ -108,7 +108,8 @@ class Hold:
             end_response=None if row["end_response"] is None else bytes(row["end_response"]),
         )
 
-    def view(self, budget: str, currency: str) -> ReservationView:
+    def view(self, budget: str, currency: str, details: Details | None = None) -> ReservationView:
+        """``details``: this hold's own, when the caller has them parsed already."""
         return ReservationView(
             budget=budget,
             currency=currency,
@@ -122,7 +123,7 @@ class Hold:
             overrun=self.overrun,
             late=self.late,
             period_start=self.period_start,
-            details=Details.from_json(self.details),
+            details=Details.from_json(self.details) if details is None else details,
         )
 
 

@@ -112,6 +112,8 @@ def _check_currency(account: Account, currency: str | None, field: str) -> None:
 
 def _priced_hold(account: Account, cmd: c.Reserve, catalog: pricing.Catalog) -> tuple[c.Reserve, str]:
     """The hold with its model routed (a task class) and its amount priced (no amount given)."""
+    if cmd.amount is not None and not cmd.task_class:
+        return cmd, ""  # nothing to route or price
     details, tier = cmd.details, ""
     if cmd.task_class:
         tier, model = route_in(routing.resolve(account.budget.spec.routing), cmd.task_class)
@@ -190,7 +192,7 @@ def _grant(
         reserve_response=b"",
         new=True,
     )
-    view = hold.view(cmd.budget, account.budget.spec.currency)
+    view = hold.view(cmd.budget, account.budget.spec.currency, cmd.details)  # no JSON round trip
     response = encode(HoldResult(view, account.period.balance.remaining, cmd.details.model or "", tier))
     u.put_hold(replace(hold, reserve_response=response))
     return response

@@ -183,6 +183,9 @@ class RpcMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
+        # The labelled series of each (service, method, code), looked up once: ``labels()`` takes a
+        # lock and builds a key on every call, twice per RPC. Bounded: methods x status codes.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def unary(self, service: str, method: str, inner: Unary) -> Unary:
         return self._unary(inner, service, method)
@@ -195,9 +198,13 @@ class RpcMetrics:
         return self._unary(inner, service, method, timed=False)
 
     def _done(self, service: str, method: str, code: str, request: Any, started: float | None) -> None:
-        self.m.rpc_handled.labels(service, method, code).inc()
+        key = (service, method, code)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (self.m.rpc_handled.labels(*key), self.m.rpc_duration.labels(*key))
+        series[0].inc()
         if started is not None:
-            self.m.rpc_duration.labels(service, method, code).observe(time.perf_counter() - started)
+            series[1].observe(time.perf_counter() - started)
         if method == "Reserve" and code == "FAILED_PRECONDITION":
             # A paused budget's denial rolls back and leaves no event; Reserve fails this way for nothing else.
             self.m.holds_denied.labels(self.m.budget_label(request.budget), "BUDGET_PAUSED").inc()

@@ -46,6 +46,9 @@ def _encoded(response: bytes | Message) -> bytes:
 
 # The hold path and Transfer answer with the bytes their ledger row keeps.
 ENCODED = ("Reserve", "Commit", "Release", "RecordCost", "Transfer")
+_RESERVED = functools.partial(wire.hold_response, pb.ReserveResponse)
+_COMMITTED = functools.partial(wire.hold_response, pb.CommitResponse)
+_RELEASED = functools.partial(wire.hold_response, pb.ReleaseResponse)
 
 
 class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
@@ -74,19 +77,17 @@ class BudgetAuthority(pb_grpc.BudgetAuthorityServicer):
     async def Reserve(self, request: pb.ReserveRequest, context: Any) -> bytes:  # type: ignore[override]  # ENCODED
         s = self.settings
         cmd = validate.reserve(request, s.default_ttl, s.min_ttl, s.max_ttl)
-        encode = functools.partial(wire.hold_response, pb.ReserveResponse)
-        return await self.holds.submit(ledger.reserve(cmd, encode, self.catalog))
+        return await self.holds.submit(ledger.reserve(cmd, _RESERVED, self.catalog))
 
     @unary
     async def Commit(self, request: pb.CommitRequest, context: Any) -> bytes:  # type: ignore[override]  # ENCODED
         cmd = validate.commit(request)
-        encode = functools.partial(wire.hold_response, pb.CommitResponse)
-        return await self.holds.submit(ledger.commit(cmd, encode, self.catalog))
+        return await self.holds.submit(ledger.commit(cmd, _COMMITTED, self.catalog))
 
     @unary
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> bytes:  # type: ignore[override]  # ENCODED
         cmd = validate.release(request)
-        return await self.holds.submit(ledger.release(cmd, functools.partial(wire.hold_response, pb.ReleaseResponse)))
+        return await self.holds.submit(ledger.release(cmd, _RELEASED))
 
     @unary
     async def RecordCost(self, request: pb.RecordCostRequest, context: Any) -> bytes:  # type: ignore[override]  # ENCODED
