@@ -41,7 +41,16 @@ async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
         command_timeout=30,
         # The ledger's hot statements run thousands of times; keep them prepared.
         statement_cache_size=256,
-        server_settings={"application_name": "agentbudget", "timezone": "UTC"},
+        server_settings={
+            "application_name": "agentbudget",
+            "timezone": "UTC",
+            # The pool's statements are key lookups and the hold path's multi-row writes, whose
+            # plans do not depend on the values; planning the write statement takes about 1 ms
+            # (EXPLAIN ANALYZE), and "auto" may plan it anew for its parameters. Generic plans
+            # measured 8-20 % more holds per second (hot budget and 1,000 budgets, 64 clients).
+            # The reports, whose plans do depend on the values, set force_custom_plan themselves.
+            "plan_cache_mode": "force_generic_plan",
+        },
     )
     assert pool is not None
     return pool
