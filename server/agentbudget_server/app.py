@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-from agentbudget.v1 import budget_authority_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -23,14 +22,13 @@ from .events import EventHub
 from .groupcommit import GroupCommit
 from .layers import Layer, Registrar
 from .observability import Observability
-from .servicer import BudgetAuthority
+from .servicer import SERVICE, BudgetAuthority
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 # grpc_health sets .aio at import time; its stubs do not know it.
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 ReflectionServicer: Any = reflection.aio.ReflectionServicer  # type: ignore[attr-defined]  # likewise
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
 def create_server(
@@ -52,7 +50,7 @@ def create_server(
     servicer.register(services)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
-    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ReflectionServicer(names), services)
     services.install(server, layers)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -120,7 +118,7 @@ async def start(settings: Settings, dsn: str, *, reuse_port: bool = False) -> Au
         credentials=access.credentials,
     )
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_seconds), name="sweeper")
     return Authority(

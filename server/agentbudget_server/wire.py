@@ -130,10 +130,7 @@ def fill_reservation(out: pb.Reservation, r: ReservationView) -> None:
     set_ts(out.expire_time, r.expires_at)
     out.overrun, out.late = r.overrun, r.late
     set_ts(out.period_start, r.period_start)
-    if r.details.is_empty():
-        out.details.SetInParent()
-    else:
-        out.details.CopyFrom(details(r.details))
+    out.details.CopyFrom(details(r.details))  # present even when empty, as stored responses have it
     if r.ended_at is not None:
         set_ts(out.end_time, r.ended_at)
     if r.committed is not None:

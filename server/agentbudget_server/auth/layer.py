@@ -12,15 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from agentbudget.v1 import budget_authority_pb2 as pb
-
 from .. import principal
 from ..layers import Unary
+from ..servicer import SERVICE
 from ..status import classify, to_status
 from .authenticate import Metadata
 from .gate import Admission, Gate, narrow
-
-SERVICE = pb.DESCRIPTOR.services_by_name["BudgetAuthority"].full_name
 
 
 class AuthLayer:
