@@ -173,11 +173,22 @@ class Unit:
     # -- locking -------------------------------------------------------------------------------
 
     async def lock(self, name: str, *, include_deleted: bool = False, holds: Iterable[str] = ()) -> Account:
-        """Lock a budget; ``holds`` names reservations to read along with its period."""
-        row = await self.conn.fetchrow(Q["lock_budget"], name, include_deleted)
-        if row is None:
+        """Lock a budget and read its period and the reservations ``holds`` names, in one round trip."""
+        wanted = sorted(set(holds))
+        rows = await self.conn.fetch(Q["lock_budget_and_read"], name, include_deleted, wanted)
+        if not rows:
             raise BudgetNotFound(name)
-        return await self._account(row, sorted(set(holds)))
+        first = rows[0]
+        self.now = first["now"]
+        budget = BudgetRow.from_record(first["budget"])
+        assert first["period"] is not None, "every budget has its current period row"
+        for rid in wanted:
+            self._holds[(budget.id, rid)] = None
+        for r in rows[1:]:
+            hold = r["hold"]
+            self._holds[(budget.id, hold["reservation_id"])] = Hold.from_record(hold, budget.id)
+        period = self._periods[(budget.id, budget.period_start)] = PeriodRow.from_record(first["period"])
+        return await self._opened(Account(budget, period))
 
     async def try_lock(self, name: str) -> Account | None:
         """For the sweeper: skip a budget another transaction is working on."""
@@ -185,31 +196,22 @@ class Unit:
         return None if row is None else await self._account(row)
 
     async def lock_optional(self, name: str) -> Account | None:
-        row = await self.conn.fetchrow(Q["lock_budget"], name, True)
-        return None if row is None else await self._account(row)
+        try:
+            return await self.lock(name, include_deleted=True)
+        except BudgetNotFound:
+            return None
 
-    async def _account(self, row: asyncpg.Record, holds: list[str] | None = None) -> Account:
+    async def _account(self, row: asyncpg.Record) -> Account:
         self.now = row["now"]
         budget = BudgetRow.from_record(row)
-        if holds:
-            period = await self._period_with_holds(budget, holds)
-        else:
-            period = await self.period_of(budget, budget.period_start)
-        account = Account(budget, period)
-        if budget.deleted_at is None and self.now >= budget.period_end:
+        return await self._opened(Account(budget, await self.period_of(budget, budget.period_start)))
+
+    async def _opened(self, account: Account) -> Account:
+        """The account in its current period: a new one opened if the clock has passed the last."""
+        budget = account.budget
+        if budget.deleted_at is None and self.now is not None and self.now >= budget.period_end:
             await self.roll(account, *periods.bounds(budget.spec.period, budget.spec.time_zone, self.now))
         return account
-
-    async def _period_with_holds(self, budget: BudgetRow, holds: list[str]) -> PeriodRow:
-        rows = await self.conn.fetch(Q["get_period_with_holds"], budget.id, budget.period_start, holds)
-        assert rows, "every budget has its current period row"
-        for rid in holds:
-            self._holds[(budget.id, rid)] = None
-        for r in rows:
-            if r["reservation_id"] is not None:
-                self._holds[(budget.id, r["reservation_id"])] = Hold.from_record(r, budget.id, "r_period_start")
-        period = self._periods[(budget.id, budget.period_start)] = PeriodRow.from_record(rows[0])
-        return period
 
     async def period_of(self, budget: BudgetRow, start: datetime) -> PeriodRow:
         """A period of a locked budget; read once per unit, then kept in step in memory."""

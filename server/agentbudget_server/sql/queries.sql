@@ -20,14 +20,11 @@ SELECT version, checksum FROM schema_migrations;
 -- name: record_migration
 INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2);
 
--- name: lock_budget
--- The budget row is the lock that serialises every change of its money. Nothing else may be
--- read in this statement: its snapshot predates the wait for the lock, so a joined period row
--- could miss the previous holder's update. The period is read by the next statement.
-SELECT b.*, agentbudget_now() AS now
-FROM budgets b
-WHERE b.name = $1 AND ($2 OR b.deleted_at IS NULL)
-FOR UPDATE OF b;
+-- name: lock_budget_and_read
+-- The budget row is the lock that serialises every change of its money; its period and the named
+-- reservations are read after the lock is granted (see agentbudget_lock, migration 0006). One
+-- round trip: the first row has the budget, the clock and the period, each further row a hold.
+SELECT * FROM agentbudget_lock($1, $2, $3::text[]);
 
 -- name: lock_budget_skip_locked
 SELECT b.*, agentbudget_now() AS now
@@ -67,28 +64,8 @@ UPDATE budget_periods
 SET limit_nanos = $3, spent_nanos = $4, held_nanos = $5, crossed_ppm = $6, phase = $7
 WHERE budget_id = $1 AND period_start = $2;
 
--- name: get_period_with_holds
--- A locked budget's period and the named reservations, read right after the lock (a statement of
--- its own: see lock_budget). A period with none of them comes back as one row of NULL holds.
-SELECT p.period_start, p.period_end, p.limit_nanos, p.spent_nanos, p.held_nanos, p.crossed_ppm, p.phase,
-       r.reservation_id, r.period_start AS r_period_start, r.amount_nanos, r.state, r.created_at, r.expires_at,
-       r.ended_at, r.committed_nanos, r.overrun, r.late, r.details, r.reserve_fingerprint, r.reserve_response,
-       r.end_fingerprint, r.end_response
-FROM budget_periods p
-LEFT JOIN LATERAL (
-    -- One primary-key probe per id, whatever the statistics say: a plain `= ANY` join was planned
-    -- as a scan of all of the budget's reservations while the table grew faster than ANALYZE ran
-    -- (a hot budget's transactions slowed with every hold). LIMIT keeps the planner from
-    -- flattening the probe into a hash join over the same scan.
-    SELECT found.* FROM unnest($3::text[]) AS wanted (id)
-    CROSS JOIN LATERAL (
-        SELECT * FROM reservations WHERE budget_id = p.budget_id AND reservation_id = wanted.id LIMIT 1
-    ) AS found
-) AS r ON true
-WHERE p.budget_id = $1 AND p.period_start = $2;
-
 -- name: get_reservations
--- By primary key, one probe per id (see get_period_with_holds).
+-- By primary key, one probe per id (see agentbudget_lock in migration 0006).
 SELECT found.* FROM unnest($2::text[]) AS wanted (id)
 CROSS JOIN LATERAL (
     SELECT * FROM reservations WHERE budget_id = $1 AND reservation_id = wanted.id LIMIT 1
@@ -189,7 +166,7 @@ SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND request_
 INSERT INTO idempotency_keys (scope, request_id, fingerprint, response) VALUES ($1, $2, $3, $4);
 
 -- name: get_idempotency_keys
--- By primary key, one probe per id (see get_period_with_holds): a budget's keys grow like its holds.
+-- By primary key, one probe per id (see get_reservations): a budget's keys grow like its holds.
 SELECT found.* FROM unnest($2::text[]) AS wanted (id)
 CROSS JOIN LATERAL (
     SELECT request_id, fingerprint, response FROM idempotency_keys
