@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -149,8 +150,18 @@ async def drop_db(dsn: str) -> None:
         await conn.close()
 
 
+async def apply(pool: asyncpg.Pool, calls: list[ledger.Call], unlocked: bool) -> list[Reply]:
+    """As group commit applies a batch: without the lock first (``unlocked``), else under it."""
+    if unlocked:
+        how, replies = await ledger.try_unlocked(pool, B, calls)
+        if how is ledger.Unlocked.WRITTEN:
+            return replies
+    return await ledger.apply(pool, B, calls)
+
+
+@pytest.mark.parametrize("unlocked", [False, True], ids=["locked", "unlocked-first"])
 @pytest.mark.parametrize("seed", range(6))
-async def test_one_transaction_answers_every_call_as_the_same_calls_one_by_one(dsn, seed):
+async def test_one_transaction_answers_every_call_as_the_same_calls_one_by_one(dsn, seed, unlocked):
     a = await app.start(server_settings(), dsn)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
@@ -163,8 +174,8 @@ async def test_one_transaction_answers_every_call_as_the_same_calls_one_by_one(d
         one = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         many = await asyncpg.create_pool(twin, min_size=1, max_size=2)
         try:
-            batched = await ledger.apply(one, B, [as_call(r) for r in requests])
-            sequential = [(await ledger.apply(many, B, [as_call(r)]))[0] for r in requests]
+            batched = await apply(one, [as_call(r) for r in requests], unlocked)
+            sequential = [(await apply(many, [as_call(r)], unlocked))[0] for r in requests]
         finally:
             await one.close()
             await many.close()
@@ -320,3 +331,154 @@ async def test_each_call_of_a_batch_records_its_own_principal(dsn):
         ("b", "system:serviceaccount:team:bob"),
     ]
     assert [d["principal"] for d in denied] == [None]  # the third call ran unauthenticated
+
+
+# -- batches read without the lock ------------------------------------------------------------------
+
+
+def test_after_an_attempt_without_the_lock_misses_the_next_batches_take_the_lock():
+    from agentbudget_server.groupcommit import LOCKED_AFTER_MISS, locked_batches
+
+    u = ledger.Unlocked
+    assert locked_batches(0, u.WRITTEN) == 0
+    assert locked_batches(0, u.MOVED) == LOCKED_AFTER_MISS
+    assert locked_batches(0, u.NEEDS_LOCK) == LOCKED_AFTER_MISS
+    assert locked_batches(3, None) == 2  # a batch that took the lock straight away counts down
+    assert locked_batches(0, None) == 0
+    left, n = LOCKED_AFTER_MISS, 0
+    while left:
+        left, n = locked_batches(left, None), n + 1
+    assert n == LOCKED_AFTER_MISS
+
+
+CHANGES: dict[str, Any] = {
+    # What another replica does between this batch's read and its write, and what the batch's
+    # Reserve of 5 (limit 10) must then get: the answer it gets when applied after that change.
+    "a reserve": (
+        lambda s: s.Reserve(pb.ReserveRequest(budget=B, reservation_id="theirs", amount=usd("8"))),
+        "BudgetExceeded",
+    ),
+    "a pause": (
+        lambda s: s.UpsertBudget(pb.UpsertBudgetRequest(name=B, spec=pb.BudgetSpec(limit=usd("10"), paused=True))),
+        "BudgetPaused",
+    ),
+    "a transfer out": (
+        lambda s: s.Transfer(
+            pb.TransferRequest(request_id="t", from_budget=B, to_budget="team/other", amount=usd("6"))
+        ),
+        "BudgetExceeded",
+    ),
+    "a deletion": (lambda s: s.DeleteBudget(pb.DeleteBudgetRequest(name=B)), "BudgetNotFound"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_a_batch_read_without_the_lock_writes_nothing_if_the_budget_changed_meanwhile(
+    authority, stub, dsn, change
+):
+    await make_budget(stub, name=B, limit="10")
+    await make_budget(stub, name="team/other", limit="10")
+    other_replica, expected = CHANGES[change]
+    mine = as_call(pb.ReserveRequest(budget=B, reservation_id="mine", amount=usd("5")))
+    changed = False
+
+    async def run(u: Any, account: Any) -> Reply:
+        nonlocal changed
+        if not changed:  # the first time only: the batch has read the budget and decides now
+            changed = True
+            await other_replica(stub)
+        return await mine.apply(u, account)
+
+    call = ledger.Call(B, run, reservation_id="mine")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        how, replies = await ledger.try_unlocked(pool, B, [call])
+        assert (how, replies) == (ledger.Unlocked.MOVED, [])
+        async with pool.acquire() as conn:  # the attempt wrote nothing
+            assert await conn.fetchval("SELECT count(*) FROM reservations WHERE reservation_id = 'mine'") == 0
+        [reply] = await ledger.apply(pool, B, [call])  # under the lock, as group commit goes on
+        async with pool.acquire() as conn:
+            held = await conn.fetchval(
+                "SELECT coalesce(sum(held_nanos), 0) FROM budget_periods p JOIN budgets b ON b.id = p.budget_id"
+                " WHERE b.name = $1",
+                B,
+            )
+    finally:
+        await pool.close()
+    assert type(reply.error).__name__ == expected
+    assert held == (8_000_000_000 if change == "a reserve" else 0)
+    assert await audit(dsn) == []
+
+
+async def test_group_commit_applies_a_batch_under_the_lock_when_the_budget_moved(dsn):
+    from agentbudget_server.groupcommit import GroupCommit
+
+    a = await app.start(server_settings(), dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            stub = pb_grpc.BudgetAuthorityStub(ch)
+            await make_budget(stub, name=B, limit="10")
+            mine = as_call(pb.ReserveRequest(budget=B, reservation_id="mine", amount=usd("5")))
+            changed = False
+
+            async def run(u: Any, account: Any) -> Reply:
+                nonlocal changed
+                if not changed:
+                    changed = True
+                    await stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="theirs", amount=usd("4")))
+                return await mine.apply(u, account)
+
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+            holds = GroupCommit(pool)  # a second process's group commit, in effect
+            try:
+                data = await holds.submit(ledger.Call(B, run, reservation_id="mine"))
+                after = await holds.submit(as_call(pb.ReserveRequest(budget=B, reservation_id="next", amount=usd("1"))))
+            finally:
+                await holds.close()
+                await pool.close()
+    finally:
+        await a.stop(grace=0.5)
+    granted = pb.ReserveResponse.FromString(data)
+    assert granted.remaining.units == 1  # 10 - 4 (theirs) - 5: decided after their hold, under the lock
+    assert pb.ReserveResponse.FromString(after).remaining.units == 0
+    assert holds.unlocked[ledger.Unlocked.MOVED] == 1
+    assert holds.unlocked[ledger.Unlocked.WRITTEN] == 0  # the batch after a miss took the lock directly
+    assert (holds.transactions, holds.calls) == (2, 2)
+    assert await audit(dsn) == []
+
+
+async def test_every_change_of_a_budget_moves_its_version(authority, stub, dsn):
+    """What lets a batch read without the lock: nothing changes a budget without moving its version."""
+    await make_budget(stub, name=B, limit="10")
+    await make_budget(stub, name="team/other", limit="10")
+    changes = [
+        lambda: stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="r", amount=usd("2"))),
+        lambda: stub.Commit(pb.CommitRequest(budget=B, reservation_id="r", actual=usd("1"))),
+        lambda: stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="q", amount=usd("1"))),
+        lambda: stub.Release(pb.ReleaseRequest(budget=B, reservation_id="q")),
+        lambda: stub.RecordCost(pb.RecordCostRequest(budget=B, request_id="c", amount=usd("1"))),
+        lambda: stub.UpsertBudget(
+            pb.UpsertBudgetRequest(name=B, spec=pb.BudgetSpec(limit=usd("10"), labels={"a": "b"}))
+        ),
+        lambda: stub.UpsertBudget(
+            pb.UpsertBudgetRequest(
+                name=B,
+                spec=pb.BudgetSpec(
+                    limit=usd("10"), labels={"a": "b"}, routing=pb.Routing(tiers={"cheap": "claude-haiku-4-5"})
+                ),
+            )
+        ),
+        lambda: stub.Transfer(
+            pb.TransferRequest(request_id="t", from_budget=B, to_budget="team/other", amount=usd("1"))
+        ),
+        lambda: stub.DeleteBudget(pb.DeleteBudgetRequest(name=B)),
+    ]
+    conn = await asyncpg.connect(dsn)
+    try:
+        seen = [await conn.fetchval("SELECT version FROM budgets WHERE name = $1", B)]
+        for change in changes:
+            await change()
+            seen.append(await conn.fetchval("SELECT version FROM budgets WHERE name = $1", B))
+    finally:
+        await conn.close()
+    assert all(b > a for a, b in itertools.pairwise(seen)), seen

@@ -82,6 +82,10 @@ async def test_reserve_commit_and_deny_move_the_counters(authority, stub):
     # Three hold-path calls, one after another: three transactions of one call each.
     assert value(s, "agentbudget_group_commit_calls_total") == 3
     assert value(s, "agentbudget_group_commit_transactions_total") == 3
+    # The reserve and the commit were written without the lock; the denial's event needed it.
+    assert value(s, "agentbudget_group_commit_unlocked_total", outcome="written") == 2
+    assert value(s, "agentbudget_group_commit_unlocked_total", outcome="needs_lock") == 1
+    assert value(s, "agentbudget_group_commit_unlocked_total", outcome="moved") == 0
     # No series carries a reservation, request or task id.
     assert not any(v in ("r1", "r2", "task-1") for _, labels in s for _, v in labels)
 

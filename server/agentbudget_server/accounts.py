@@ -7,7 +7,10 @@ balances are the ledger's sums by construction.
 Writes are buffered in memory and written by :meth:`Unit.write` in one statement of multi-row
 parts, just before the commit; that is what lets group commit apply many calls for one budget in
 one transaction at the cost of one. Because the budget row is locked for the whole unit, what this unit read and
-changed in memory is the truth. A unit can also take back what one call changed
+changed in memory is the truth. An *unlocked* unit (:meth:`Unit.read`) reads one budget without
+its lock and writes only if the budget's version is still the one it read, or not at all (then
+the caller applies the calls again under the lock); it reads nothing after its first read and
+writes no events or idempotency keys (:class:`NeedsLock`). A unit can also take back what one call changed
 (:meth:`Unit.mark` / :meth:`Unit.undo`), so that one call's error does not disturb the others
 applied in the same transaction.
 """
@@ -29,6 +32,11 @@ from .model import BudgetRow, Details, PeriodRow, ReservationView
 from .money import checked_sum
 from .rules import Balance, EventType
 from .sql import QUERIES as Q
+
+
+class NeedsLock(Exception):
+    """An unlocked unit came to something only a locked one may do: read more, roll the period,
+    write events or idempotency keys. Nothing was written; apply the calls again under the lock."""
 
 
 @dataclass
@@ -155,7 +163,8 @@ _MISSING: Any = object()
 
 class Unit:
     def __init__(self, conn: asyncpg.Connection, principal: str | None = None) -> None:
-        self.conn = conn
+        self._conn = conn
+        self._guard: tuple[int, int] | None = None  # an unlocked unit's budget id and the version it read
         self.now: datetime | None = None
         # Who the changes are for (recorded on each ledger row and event); a batch sets it per call.
         self.principal = principal
@@ -170,25 +179,44 @@ class Unit:
         self._on_written: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []
 
+    @property
+    def conn(self) -> asyncpg.Connection:
+        """The connection, for reads and writes under the lock; an unlocked unit has read all it may."""
+        if self._guard is not None:
+            raise NeedsLock("this needs the budget's lock")
+        return self._conn
+
     # -- locking -------------------------------------------------------------------------------
 
     async def lock(self, name: str, *, include_deleted: bool = False, holds: Iterable[str] = ()) -> Account:
         """Lock a budget and read its period and the reservations ``holds`` names, in one round trip."""
         wanted = sorted(set(holds))
         rows = await self.conn.fetch(Q["lock_budget_and_read"], name, include_deleted, wanted)
-        if not rows:
+        return await self._opened(self._take(name, wanted, rows))
+
+    async def read(self, name: str, *, holds: Iterable[str] = ()) -> Account:
+        """Read a budget as :meth:`lock` does, without the lock: this unit then writes only if the
+        budget's version has not moved (see :meth:`write`), and may read nothing more."""
+        wanted = sorted(set(holds))
+        account = self._take(name, wanted, await self.conn.fetch(Q["read_budget_and_holds"], name, wanted))
+        self._guard = (account.budget.id, account.budget.version)
+        return await self._opened(account)
+
+    def _take(self, name: str, wanted: list[str], rows: list[asyncpg.Record]) -> Account:
+        """The account from the rows of lock_budget_and_read or read_budget_and_holds."""
+        first = next((r for r in rows if r["budget"] is not None), None)
+        if first is None:
             raise BudgetNotFound(name)
-        first = rows[0]
         self.now = first["now"]
         budget = BudgetRow.from_record(first["budget"])
         assert first["period"] is not None, "every budget has its current period row"
         for rid in wanted:
             self._holds[(budget.id, rid)] = None
-        for r in rows[1:]:
-            hold = r["hold"]
-            self._holds[(budget.id, hold["reservation_id"])] = Hold.from_record(hold, budget.id)
+        for r in rows:
+            if (hold := r["hold"]) is not None:
+                self._holds[(budget.id, hold["reservation_id"])] = Hold.from_record(hold, budget.id)
         period = self._periods[(budget.id, budget.period_start)] = PeriodRow.from_record(first["period"])
-        return await self._opened(Account(budget, period))
+        return Account(budget, period)
 
     async def try_lock(self, name: str) -> Account | None:
         """For the sweeper: skip a budget another transaction is working on."""
@@ -397,11 +425,15 @@ class Unit:
         self._entries.append((budget_id, period_start, posting, ref, self.principal))
         return ref
 
-    async def write(self) -> None:
+    async def write(self) -> bool:
         """Everything queued, in one statement; then the idempotency keys, whose responses may name
-        the ledger rows' ids; the events last."""
+        the ledger rows' ids; the events last. An unlocked unit writes only if its budget's version
+        is still the one it read, and says whether it wrote (False: nothing was written)."""
+        if self._guard is not None and (self._events or self._new_keys):
+            raise NeedsLock("events and idempotency keys are written under the lock")
         if self._entries or self._dirty_holds or self._dirty_periods:
-            records = await self.conn.fetch(
+            touched = {e[0] for e in self._entries} | {k[0] for k in (*self._dirty_holds, *self._dirty_periods)}
+            records = await self._conn.fetch(
                 Q["write_unit"],
                 self.now,
                 *_columns([_entry_row(b, start, p) for b, start, p, _, _ in self._entries], 28),
@@ -409,7 +441,12 @@ class Unit:
                 *_columns([_ended_row(h) for h in self._dirty_holds.values() if not h.new], 10),
                 *_columns([_balance_row(key, p) for key, p in self._dirty_periods.items()], 7),
                 [e[4] for e in self._entries],
+                sorted(touched),
+                None if self._guard is None else self._guard[1],
             )
+            if len(records) != len(self._entries):  # only unlocked: the version had moved
+                assert self._guard is not None and not records
+                return False
             # Identity values are drawn row by row in the order of the arrays: sorted, they are in order.
             for entry, entry_id in zip(self._entries, sorted(r["id"] for r in records), strict=True):
                 entry[3].id = entry_id
@@ -425,6 +462,7 @@ class Unit:
             pending.clear()
         for changed in (self._dirty_holds, self._dirty_periods, self._new_keys):
             changed.clear()
+        return True
 
     # -- events --------------------------------------------------------------------------------
 

@@ -159,7 +159,8 @@ class GroupCommitCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "agentbudget_group_commit_transactions",
-            "Transactions of the hold path (Reserve, Commit, Release, RecordCost) in this process.",
+            "Batches of the hold path (Reserve, Commit, Release, RecordCost) in this process: one transaction"
+            " each, two when the attempt without the lock wrote nothing.",
             value=self.holds.transactions,
         )
         yield CounterMetricFamily(
@@ -167,6 +168,16 @@ class GroupCommitCollector(Collector):
             "Hold-path calls applied by those transactions (calls / transactions = the mean batch).",
             value=self.holds.calls,
         )
+        unlocked = CounterMetricFamily(
+            "agentbudget_group_commit_unlocked",
+            "Batches tried without the budget's lock, by how that ended: written; moved (another process "
+            "changed the budget meanwhile); needs_lock (events, keys, a new period): the last two were "
+            "applied again under the lock.",
+            labels=["outcome"],
+        )
+        for outcome, count in self.holds.unlocked.items():
+            unlocked.add_metric([outcome.value], count)
+        yield unlocked
 
 
 def _code(context: Any, error: BaseException | None) -> str:

@@ -112,6 +112,7 @@ class BudgetRow:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    version: int = 0  # moved by every change of the budget's money, holds or spec
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> BudgetRow:
@@ -135,6 +136,7 @@ class BudgetRow:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             deleted_at=row["deleted_at"],
+            version=row["version"],
         )
 
 

@@ -26,6 +26,22 @@ INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2);
 -- round trip: the first row has the budget, the clock and the period, each further row a hold.
 SELECT * FROM agentbudget_lock($1, $2, $3::text[]);
 
+-- name: read_budget_and_holds
+-- What lock_budget_and_read gives, without the lock, in one statement (one snapshot): for a batch
+-- that writes only if the budget's version has not moved meanwhile (write_unit with $65).
+SELECT b AS budget, agentbudget_now() AS now, p AS period, NULL::reservations AS hold
+FROM budgets b
+JOIN budget_periods p ON p.budget_id = b.id AND p.period_start = b.period_start
+WHERE b.name = $1 AND b.deleted_at IS NULL
+UNION ALL
+SELECT NULL, NULL, NULL, found.r
+FROM budgets b
+CROSS JOIN unnest($2::text[]) AS wanted (id)
+CROSS JOIN LATERAL (
+    SELECT r FROM reservations r WHERE r.budget_id = b.id AND r.reservation_id = wanted.id LIMIT 1
+) AS found
+WHERE b.name = $1 AND b.deleted_at IS NULL;
+
 -- name: lock_budget_skip_locked
 SELECT b.*, agentbudget_now() AS now
 FROM budgets b
@@ -44,15 +60,15 @@ RETURNING *;
 -- name: update_budget_spec
 UPDATE budgets
 SET limit_nanos = $2, period = $3, time_zone = $4, thresholds_ppm = $5, paused = $6, labels = $7::jsonb,
-    deleted_at = NULL, updated_at = $8, routing = $9::jsonb, agent_principals = $10
+    deleted_at = NULL, updated_at = $8, routing = $9::jsonb, agent_principals = $10, version = version + 1
 WHERE id = $1
 RETURNING *;
 
 -- name: move_budget_period
-UPDATE budgets SET period_start = $2, period_end = $3 WHERE id = $1;
+UPDATE budgets SET period_start = $2, period_end = $3, version = version + 1 WHERE id = $1;
 
 -- name: delete_budget
-UPDATE budgets SET deleted_at = $2, updated_at = $2 WHERE id = $1;
+UPDATE budgets SET deleted_at = $2, updated_at = $2, version = version + 1 WHERE id = $1;
 
 -- name: insert_period
 INSERT INTO budget_periods (budget_id, period_start, period_end, limit_nanos, spent_nanos, held_nanos,
@@ -79,12 +95,25 @@ ORDER BY expires_at, reservation_id;
 
 -- name: write_unit
 -- Everything a unit of work changed but its events, in one statement (one round trip): its ledger
--- rows, the holds it granted (in their final state) and ended, and its periods' balances. The
--- parts touch different rows, so running them side by side in one snapshot is safe. The events
--- go in their own statement (insert_events), only when there are any: even a conditional update
--- of the event counter inside this statement was seen to lock its row, serialising every
--- transaction of every budget.
-WITH entries AS (
+-- rows, the holds it granted (in their final state) and ended, its periods' balances, and the
+-- versions of its budgets ($64), moved by one. The parts touch different rows, so running them
+-- side by side in one snapshot is safe. The events go in their own statement (insert_events), only
+-- when there are any: even a conditional update of the event counter inside this statement was
+-- seen to lock its row, serialising every transaction of every budget.
+--
+-- $65 NULL: the unit holds its budgets' locks. $65 a version: the unit read its one budget without
+-- the lock (read_budget_and_holds), and nothing is written unless that budget's version is still
+-- $65; the UPDATE of the version takes the row lock, waiting for a transaction holding it and then
+-- checking the version that transaction left. No rows back: the version had moved.
+WITH versions AS (
+    UPDATE budgets SET version = version + 1
+    WHERE id = ANY($64::bigint[]) AND ($65::bigint IS NULL OR version = $65)
+    RETURNING id
+),
+go AS (
+    SELECT $65::bigint IS NULL OR EXISTS (SELECT FROM versions) AS ok
+),
+entries AS (
     INSERT INTO ledger_entries (budget_id, period_start, entry_type, created_at, spent_delta, held_delta,
                                 limit_delta, reservation_id, request_id, overrun, late, kind, model,
                                 input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
@@ -105,6 +134,7 @@ WITH entries AS (
                request_id, overrun, late, kind, model, input_tokens, output_tokens, cache_read_tokens,
                cache_write_tokens, sandbox_nanos, api_name, api_calls, task_id, task_type, labels,
                catalog_version, counterparty, reason, reasoning_tokens, sandbox_class, provider, principal)
+    WHERE (SELECT ok FROM go)
     RETURNING id
 ),
 granted AS (
@@ -120,6 +150,7 @@ granted AS (
          AS r (budget_id, reservation_id, period_start, amount_nanos, state, created_at, expires_at, ended_at,
                committed_nanos, overrun, late, details, reserve_fingerprint, reserve_response,
                end_fingerprint, end_response)
+    WHERE (SELECT ok FROM go)
     RETURNING 1
 ),
 ended AS (
@@ -131,7 +162,7 @@ ended AS (
                 $52::boolean[], $53::text[], $54::bytea[], $55::bytea[])
          AS u (budget_id, reservation_id, state, ended_at, committed_nanos, overrun, late, details,
                end_fingerprint, end_response)
-    WHERE r.budget_id = u.budget_id AND r.reservation_id = u.reservation_id
+    WHERE r.budget_id = u.budget_id AND r.reservation_id = u.reservation_id AND (SELECT ok FROM go)
     RETURNING 1
 ),
 balances AS (
@@ -141,7 +172,7 @@ balances AS (
     FROM unnest($56::bigint[], $57::timestamptz[], $58::bigint[], $59::bigint[], $60::bigint[], $61::text[],
                 $62::text[])
          AS b (budget_id, period_start, limit_nanos, spent_nanos, held_nanos, crossed_ppm, phase)
-    WHERE p.budget_id = b.budget_id AND p.period_start = b.period_start
+    WHERE p.budget_id = b.budget_id AND p.period_start = b.period_start AND (SELECT ok FROM go)
     RETURNING 1
 )
 SELECT id FROM entries;

@@ -283,6 +283,10 @@ ALTER TABLE budgets ADD COLUMN agent_principals text[] NOT NULL DEFAULT '{}';
 ALTER TABLE ledger_entries ADD COLUMN principal text;
 ALTER TABLE events ADD COLUMN principal text;
 
+-- Every change of a budget's money, holds or spec moves its version: a batch that read the
+-- budget without its lock writes only if the version is still the one it read (write_unit).
+ALTER TABLE budgets ADD COLUMN version bigint NOT NULL DEFAULT 0;
+
 -- A budget's lock and what its transaction reads first, in one round trip: the budget row (locked),
 -- the database clock, its current period and the named reservations. The function's statements
 -- run one after another, each with a snapshot of its own (a VOLATILE function under READ
