@@ -6,6 +6,9 @@ reservation id, 0.01 USD on budgets whose limit is 1e9 USD) of:
   naive   ``agentbudget serve --max-batch 1``: the same server code with grouping off (the baseline)
   group   ``agentbudget serve``: group commit (``--max-batch 256``, the default), one process
   group2  ``agentbudget serve --workers 2``: two processes on one port (SO_REUSEPORT)
+  floor   ``agentbudget serve`` with the ledger taken away: every Reserve is received, authenticated,
+          counted and validated as usual, then answered with the first Reserve's real response
+          (the first goes through the ledger) — what the server reaches before the ledger costs anything
   echo    a bare grpc.aio server answering the same method path with pre-encoded bytes: a real
           ReserveResponse captured first, so the wire is the same size (the ceiling of gRPC alone)
   echo2   the echo in two processes sharing the port with SO_REUSEPORT
@@ -27,7 +30,7 @@ them alike. Besides throughput and latency it reports the CPU of the server, of 
 backends, of the load processes and of the whole machine, and each server process's peak RSS.
 
     .venv/bin/python bench/hotspot.py [--quick] [--seconds 5] [--rounds 1] [--clients 1 16 64 256]
-        [--servers naive,group,group2,echo,echo2] [--load-processes 3] [--no-h2load] [--json out.json]
+        [--servers naive,group,group2,floor,echo,echo2] [--load-processes 3] [--no-h2load] [--json out.json]
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class Kind:
     what: str
     flags: tuple[str, ...] | None  # ``agentbudget serve`` flags; None for the echo
     processes: int
+    floor: bool = False  # the server without its ledger (see floor_main): not audited
 
 
 KINDS = {
@@ -95,6 +99,13 @@ KINDS = {
         Kind("group", "agentbudget serve: group commit (--max-batch 256, the default), 1 process", (), 1),
         Kind(
             "group2", "agentbudget serve --workers 2: group commit, 2 processes (SO_REUSEPORT)", ("--workers", "2"), 2
+        ),
+        Kind(
+            "floor",
+            "agentbudget serve answering each Reserve after validation with the first one's response (no ledger)",
+            (),
+            1,
+            floor=True,
         ),
         Kind("echo", "bare grpc.aio echo of a captured ReserveResponse, 1 process", None, 1),
         Kind("echo2", "bare grpc.aio echo, 2 processes (SO_REUSEPORT)", None, 2),
@@ -318,6 +329,30 @@ def echo_main(argv: list[str]) -> int:
     return 0
 
 
+def floor_main(argv: list[str]) -> int:
+    """``hotspot.py serve-floor SERVE-ARGS``: ``agentbudget serve`` whose hold path stops right before
+    the ledger: the first call is applied, and its response bytes answer every later call."""
+    from agentbudget_server import app, cli
+    from agentbudget_server.groupcommit import GroupCommit
+
+    class FirstAnswer(GroupCommit):
+        first: bytes | None = None
+
+        async def submit(self, call: Any) -> bytes:
+            if self.first is None:
+                self.first = await super().submit(call)
+            return self.first
+
+    app.GroupCommit = FirstAnswer  # type: ignore[misc]
+    return cli.main(["serve", *argv])
+
+
+class FloorServer(ab.Server):
+    def __init__(self, dsn: str, workdir: Path, extra: list[str]) -> None:
+        argv = [sys.executable, __file__, "serve-floor", "--listen", f"{ab.HOST}:0", "--database-url", dsn]
+        self.launch([*argv, "--log-level", "WARNING", *extra], workdir)
+
+
 class EchoServer(ab.Server):
     def __init__(self, workdir: Path, processes: int, response: bytes) -> None:
         listen = f"{ab.HOST}:0"
@@ -536,7 +571,7 @@ class Run:
         where = self.workdir / kind.name
         where.mkdir()
         dsn, self.postgres = self.stack.enter_context(ab.bench_database(self.args.admin_dsn, DATABASE_PREFIX))
-        server = ab.Server(dsn, where, [*SERVE_FLAGS, *flags])
+        server = (FloorServer if kind.floor else ab.Server)(dsn, where, [*SERVE_FLAGS, *flags])
         self.stack.callback(server.stop)
         for budgets in self.scenarios.values():
             asyncio.run(ab.create_budgets(server.target, budgets))
@@ -571,7 +606,8 @@ class Run:
             for scenario, budgets in self.scenarios.items():
                 for clients in self.args.clients:
                     for s in servers:
-                        cells.append(run_cell(self.args, s.kind, s.server, s.dsn, scenario, budgets, clients))
+                        audited = None if s.kind.floor else s.dsn  # the floor's ledger has one hold
+                        cells.append(run_cell(self.args, s.kind, s.server, audited, scenario, budgets, clients))
                         _progress(cells[-1])
             if self.args.h2load:
                 for clients in self.args.clients:
@@ -705,6 +741,11 @@ def ratios(cells: list[Cell], args: argparse.Namespace) -> list[Ratio]:
             )
     for scenario in (hot, spread):
         for n in heavy:
+            f, e, g = find("floor", scenario, n), find("echo", scenario, n), find("group", scenario, n)
+            out.append(ratio(f"{scenario} x{n}: floor / echo (the server without its ledger)", f, e, 0, info=True))
+            out.append(ratio(f"{scenario} x{n}: group / floor (what the ledger leaves)", g, f, 0, info=True))
+    for scenario in (hot, spread):
+        for n in heavy:
             g, g2 = find("group", scenario, n), find("group2", scenario, n)
             out.append(ratio(f"{scenario} x{n}: group2 / group (two workers / one)", g2, g, 1.3))
             e, e2 = find("echo", scenario, n), find("echo2", scenario, n)
@@ -784,6 +825,8 @@ def _json(c: Cell) -> dict[str, Any]:
 def main() -> int:
     if sys.argv[1:2] == ["serve-echo"]:
         return echo_main(sys.argv[2:])
+    if sys.argv[1:2] == ["serve-floor"]:
+        return floor_main(sys.argv[2:])
     args = parse_args()
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # the servers inherit it
