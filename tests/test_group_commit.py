@@ -336,19 +336,31 @@ async def test_each_call_of_a_batch_records_its_own_principal(dsn):
 # -- batches read without the lock ------------------------------------------------------------------
 
 
-def test_after_an_attempt_without_the_lock_misses_the_next_batches_take_the_lock():
-    from agentbudget_server.groupcommit import LOCKED_AFTER_MISS, locked_batches
+def test_after_attempts_without_the_lock_miss_the_next_batches_take_it_longer_each_time():
+    from agentbudget_server.groupcommit import FIRST_MISS, MOST_MISS, Backoff, after_batch
 
     u = ledger.Unlocked
-    assert locked_batches(0, u.WRITTEN) == 0
-    assert locked_batches(0, u.MOVED) == LOCKED_AFTER_MISS
-    assert locked_batches(0, u.NEEDS_LOCK) == LOCKED_AFTER_MISS
-    assert locked_batches(3, None) == 2  # a batch that took the lock straight away counts down
-    assert locked_batches(0, None) == 0
-    left, n = LOCKED_AFTER_MISS, 0
-    while left:
-        left, n = locked_batches(left, None), n + 1
-    assert n == LOCKED_AFTER_MISS
+    assert after_batch(Backoff(), u.WRITTEN) == Backoff()
+    assert after_batch(Backoff(), u.MOVED) == Backoff(FIRST_MISS, FIRST_MISS)
+    assert after_batch(Backoff(), u.NEEDS_LOCK) == Backoff(FIRST_MISS, FIRST_MISS)
+    assert after_batch(Backoff(3, 8), None) == Backoff(2, 8)  # a batch that took the lock counts down
+    assert after_batch(Backoff(0, 8), None) == Backoff(0, 8)
+
+    def locked_runs(outcomes: list[Any]) -> list[int]:
+        """How many batches took the lock straight away after each attempt, when attempts went so."""
+        state, runs = Backoff(), []
+        for outcome in outcomes:
+            state = after_batch(state, outcome)
+            n = 0
+            while state.left:
+                state, n = after_batch(state, None), n + 1
+            runs.append(n)
+        return runs
+
+    # Misses in a row: longer and longer runs under the lock, up to the most.
+    assert locked_runs([u.MOVED] * 9) == [8, 16, 32, 64, 128, 256, 512, MOST_MISS, MOST_MISS]
+    # A write without the lock starts over.
+    assert locked_runs([u.MOVED, u.MOVED, u.WRITTEN, u.MOVED]) == [8, 16, 0, FIRST_MISS]
 
 
 CHANGES: dict[str, Any] = {

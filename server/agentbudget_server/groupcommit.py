@@ -11,8 +11,8 @@ the transaction holding their change has committed.
 A batch is first tried without the budget's lock (``ledger.try_unlocked``: read, decide, and a
 write that takes place only if the budget's version has not moved) and applied under the lock if
 that does not work out. When the version did move — another process writes the same budget — the
-budget's next batches take the lock straight away for a while (:func:`locked_batches`); so do
-those after a batch that needed the lock anyway.
+budget's next batches take the lock straight away for a while, longer with every miss in a row
+(:func:`after_batch`); so do those after a batch that needed the lock anyway.
 
 ``max_batch=1`` turns grouping off: each call is its own transaction under the lock, run by its
 caller, and concurrent calls for one budget meet at the row lock (the baseline the benchmark
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from dataclasses import dataclass, replace
 
 import asyncpg
 
@@ -35,18 +36,34 @@ log = logging.getLogger(__name__)
 
 Waiting = tuple[ledger.Call, "asyncio.Future[Reply]"]
 
-# After an unlocked attempt that wrote nothing, this many of the budget's next batches go straight
-# to the lock: another process writing the same budget, or batches that need the lock (events of
-# an exhausted budget's denials, RecordCost's keys), would likely make the next attempt miss too.
-LOCKED_AFTER_MISS = 8
+# After an unlocked attempt that wrote nothing, the budget's next batches go straight to the lock:
+# another process writing the same budget, or batches that need the lock anyway (an exhausted
+# budget's denials, RecordCost's keys), would likely make the next attempt miss too. The first
+# miss locks the next FIRST_MISS batches; each miss after that, with no write in between, doubles
+# the run, up to MOST_MISS; a write without the lock starts over. So a budget that two workers
+# share ends up nearly always locked (one wasted attempt per MOST_MISS batches), and one that a
+# single process owns nearly never.
+FIRST_MISS = 8
+MOST_MISS = 1024
 
 
-def locked_batches(before: int, outcome: ledger.Unlocked | None) -> int:
-    """How many of a budget's next batches skip the unlocked attempt, after one that went ``outcome``
-    (None: that batch took the lock straight away)."""
+@dataclass(frozen=True)
+class Backoff:
+    """A budget's state between batches: how many more take the lock straight away, and the run
+    the last miss started (0: no miss since the last write without the lock)."""
+
+    left: int = 0
+    run: int = 0
+
+
+def after_batch(state: Backoff, outcome: ledger.Unlocked | None) -> Backoff:
+    """The state after a batch that went ``outcome`` (None: it took the lock straight away)."""
     if outcome is None:
-        return max(0, before - 1)
-    return 0 if outcome is ledger.Unlocked.WRITTEN else LOCKED_AFTER_MISS
+        return replace(state, left=max(0, state.left - 1))
+    if outcome is ledger.Unlocked.WRITTEN:
+        return Backoff()
+    run = min(MOST_MISS, state.run * 2) if state.run else FIRST_MISS
+    return Backoff(left=run, run=run)
 
 
 class GroupCommit:
@@ -60,7 +77,7 @@ class GroupCommit:
         self.transactions = 0  # how many transactions applied how many calls (for metrics)
         self.calls = 0
         self.unlocked = dict.fromkeys(ledger.Unlocked, 0)  # how the attempts without the lock ended
-        self._locked: dict[str, int] = {}  # budget: how many more batches take the lock straight away
+        self._backoff: dict[str, Backoff] = {}  # budgets whose unlocked attempts missed lately
 
     async def submit(self, call: ledger.Call) -> bytes:
         """Apply one call and return its response bytes, or raise its error."""
@@ -86,19 +103,19 @@ class GroupCommit:
         return future
 
     async def _drain(self, budget: str, queue: deque[Waiting]) -> None:
-        locked = self._locked.pop(budget, 0)
+        state = self._backoff.pop(budget, Backoff())
         try:
             while queue:
                 batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
                 batch = [(call, f) for call, f in batch if not f.cancelled()]  # its caller gave up
                 if batch:
-                    locked = locked_batches(locked, await self._run(budget, batch, unlocked=not locked))
+                    state = after_batch(state, await self._run(budget, batch, unlocked=not state.left))
         finally:
             # Nothing awaits between the last look at the queue and this: a call that arrives
             # afterwards finds no queue and starts a new drain.
             del self._queues[budget]
-            if locked:
-                self._locked[budget] = locked
+            if state != Backoff():
+                self._backoff[budget] = state
             for _, future in queue:  # only when cancelled: those calls were never applied
                 if not future.done():
                     future.set_exception(ShuttingDown("the server is shutting down; retry"))
