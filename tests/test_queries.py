@@ -99,3 +99,60 @@ async def test_a_missing_budget_reads_no_row(authority, dsn):
             assert await conn.fetch(Q["lock_budget_and_read"], "team/none", True, ["r-1"]) == []
     finally:
         await conn.close()
+
+
+async def test_a_batch_write_moves_its_budget_version_by_primary_key_among_many_budgets(authority, stub, dsn):
+    """Every hold-path write moves its budget's version; with generic plans and a thousand budgets
+    an `id = ANY(array)` there was planned as a scan of every budget, in every transaction."""
+    import functools
+
+    from agentbudget.v1 import budget_authority_pb2 as pb
+    from agentbudget_server import db, ledger, pricing, validate, wire
+    from conftest import server_settings, usd
+
+    await make_budget(stub, "team/a", "10")
+    conn = await asyncpg.connect(dsn)
+    try:  # 999 more budgets: the plan depends on the table's size, not on their periods
+        await conn.execute(
+            """INSERT INTO budgets (name, currency, limit_nanos, period, time_zone, thresholds_ppm, paused, labels,
+                   period_start, period_end, created_at, updated_at, routing, agent_principals)
+               SELECT 'many/b' || i, currency, limit_nanos, period, time_zone, thresholds_ppm, paused, labels,
+                   period_start, period_end, created_at, updated_at, routing, agent_principals
+               FROM budgets, generate_series(1, 999) AS i WHERE name = 'team/a'"""
+        )
+    finally:  # and no ANALYZE since: as right after they were created, before autovacuum's
+        await conn.close()
+    notices: list[str] = []
+
+    async def listen(c: asyncpg.Connection) -> None:  # on every acquire: a release drops listeners
+        c.add_log_listener(lambda _conn, message: notices.append(message.message))
+
+    s = server_settings()
+    encode = functools.partial(wire.hold_response, pb.ReserveResponse)
+
+    def reserve(rid: str) -> ledger.Call:
+        req = pb.ReserveRequest(budget="team/a", reservation_id=rid, amount=usd("0.01"))
+        return ledger.reserve(validate.reserve(req, s.default_ttl, s.min_ttl, s.max_ttl), encode, pricing.load(""))
+
+    pool = await asyncpg.create_pool(  # as the server's pool: generic plans, no reset on release
+        dsn,
+        min_size=1,
+        max_size=1,
+        init=_nested_plans,  # auto_explain on the pool's connection (kept: no reset on release)
+        setup=listen,
+        connection_class=db.PooledConnection,
+        server_settings={"plan_cache_mode": "force_generic_plan"},
+    )
+    try:
+        for i in range(3):  # each way the hold path writes: without the lock, and under it
+            how, _ = await ledger.try_unlocked(pool, "team/a", [reserve(f"u{i}")])
+            assert how is ledger.Unlocked.WRITTEN
+            [reply] = await ledger.apply(pool, "team/a", [reserve(f"l{i}")])
+            assert reply.error is None
+    finally:
+        await pool.close()
+    writes = [n for n in notices if "WITH versions AS" in n]
+    assert len(writes) == 6, notices
+    for plan in writes:
+        assert "Seq Scan on budgets" not in plan, plan
+        assert "budgets_pkey" in plan, plan

@@ -433,6 +433,9 @@ class Unit:
             raise NeedsLock("events and idempotency keys are written under the lock")
         if self._entries or self._dirty_holds or self._dirty_periods:
             touched = {e[0] for e in self._entries} | {k[0] for k in (*self._dirty_holds, *self._dirty_periods)}
+            if len(touched) > 2:  # write_unit moves the versions of two budgets at most
+                raise RuntimeError(f"a unit of work changed {len(touched)} budgets; at most two are written at once")
+            first, second = sorted(touched) + [None] * (2 - len(touched))
             records = await self._conn.fetch(
                 Q["write_unit"],
                 self.now,
@@ -441,8 +444,9 @@ class Unit:
                 *_columns([_ended_row(h) for h in self._dirty_holds.values() if not h.new], 10),
                 *_columns([_balance_row(key, p) for key, p in self._dirty_periods.items()], 7),
                 [e[4] for e in self._entries],
-                sorted(touched),
+                first,
                 None if self._guard is None else self._guard[1],
+                second,
             )
             if len(records) != len(self._entries):  # only unlocked: the version had moved
                 assert self._guard is not None and not records
