@@ -363,6 +363,21 @@ def test_after_attempts_without_the_lock_miss_the_next_batches_take_it_longer_ea
     assert locked_runs([u.MOVED, u.MOVED, u.WRITTEN, u.MOVED]) == [8, 16, 0, FIRST_MISS]
 
 
+def after_a_change(change: Any, request: pb.ReserveRequest) -> ledger.Call:
+    """``request``'s call, which the first time it is decided — after its batch has read the budget,
+    before it writes — first awaits ``change()``: what another replica does in between."""
+    mine, changed = as_call(request), False
+
+    async def run(u: Any, account: Any) -> Reply:
+        nonlocal changed
+        if not changed:
+            changed = True
+            await change()
+        return await mine.apply(u, account)
+
+    return ledger.Call(request.budget, run, reservation_id=request.reservation_id)
+
+
 CHANGES: dict[str, Any] = {
     # What another replica does between this batch's read and its write, and what the batch's
     # Reserve of 5 (limit 10) must then get: the answer it gets when applied after that change.
@@ -391,17 +406,9 @@ async def test_a_batch_read_without_the_lock_writes_nothing_if_the_budget_change
     await make_budget(stub, name=B, limit="10")
     await make_budget(stub, name="team/other", limit="10")
     other_replica, expected = CHANGES[change]
-    mine = as_call(pb.ReserveRequest(budget=B, reservation_id="mine", amount=usd("5")))
-    changed = False
-
-    async def run(u: Any, account: Any) -> Reply:
-        nonlocal changed
-        if not changed:  # the first time only: the batch has read the budget and decides now
-            changed = True
-            await other_replica(stub)
-        return await mine.apply(u, account)
-
-    call = ledger.Call(B, run, reservation_id="mine")
+    call = after_a_change(
+        lambda: other_replica(stub), pb.ReserveRequest(budget=B, reservation_id="mine", amount=usd("5"))
+    )
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         how, replies = await ledger.try_unlocked(pool, B, [call])
@@ -422,34 +429,22 @@ async def test_a_batch_read_without_the_lock_writes_nothing_if_the_budget_change
     assert await audit(dsn) == []
 
 
-async def test_group_commit_applies_a_batch_under_the_lock_when_the_budget_moved(dsn):
+async def test_group_commit_applies_a_batch_under_the_lock_when_the_budget_moved(authority, stub, dsn):
     from agentbudget_server.groupcommit import GroupCommit
 
-    a = await app.start(server_settings(), dsn)
+    await make_budget(stub, name=B, limit="10")
+    theirs = pb.ReserveRequest(budget=B, reservation_id="theirs", amount=usd("4"))
+    call = after_a_change(
+        lambda: stub.Reserve(theirs), pb.ReserveRequest(budget=B, reservation_id="mine", amount=usd("5"))
+    )
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    holds = GroupCommit(pool)  # a second process's group commit, in effect
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
-            stub = pb_grpc.BudgetAuthorityStub(ch)
-            await make_budget(stub, name=B, limit="10")
-            mine = as_call(pb.ReserveRequest(budget=B, reservation_id="mine", amount=usd("5")))
-            changed = False
-
-            async def run(u: Any, account: Any) -> Reply:
-                nonlocal changed
-                if not changed:
-                    changed = True
-                    await stub.Reserve(pb.ReserveRequest(budget=B, reservation_id="theirs", amount=usd("4")))
-                return await mine.apply(u, account)
-
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-            holds = GroupCommit(pool)  # a second process's group commit, in effect
-            try:
-                data = await holds.submit(ledger.Call(B, run, reservation_id="mine"))
-                after = await holds.submit(as_call(pb.ReserveRequest(budget=B, reservation_id="next", amount=usd("1"))))
-            finally:
-                await holds.close()
-                await pool.close()
+        data = await holds.submit(call)
+        after = await holds.submit(as_call(pb.ReserveRequest(budget=B, reservation_id="next", amount=usd("1"))))
     finally:
-        await a.stop(grace=0.5)
+        await holds.close()
+        await pool.close()
     granted = pb.ReserveResponse.FromString(data)
     assert granted.remaining.units == 1  # 10 - 4 (theirs) - 5: decided after their hold, under the lock
     assert pb.ReserveResponse.FromString(after).remaining.units == 0

@@ -95,12 +95,12 @@ class Hold:
     new: bool = False  # granted in this unit: inserted, not updated
 
     @classmethod
-    def from_record(cls, row: asyncpg.Record, budget_id: int, period_column: str = "period_start") -> Hold:
+    def from_record(cls, row: asyncpg.Record, budget_id: int) -> Hold:
         details = row["details"]
         return cls(
             budget_id=budget_id,
             reservation_id=row["reservation_id"],
-            period_start=row[period_column],
+            period_start=row["period_start"],
             amount_nanos=row["amount_nanos"],
             state=row["state"],
             created_at=row["created_at"],
@@ -164,7 +164,7 @@ _MISSING: Any = object()
 class Unit:
     def __init__(self, conn: asyncpg.Connection, principal: str | None = None) -> None:
         self._conn = conn
-        self._guard: tuple[int, int] | None = None  # an unlocked unit's budget id and the version it read
+        self._version: int | None = None  # an unlocked unit's: the budget version it read
         self.now: datetime | None = None
         # Who the changes are for (recorded on each ledger row and event); a batch sets it per call.
         self.principal = principal
@@ -182,7 +182,7 @@ class Unit:
     @property
     def conn(self) -> asyncpg.Connection:
         """The connection, for reads and writes under the lock; an unlocked unit has read all it may."""
-        if self._guard is not None:
+        if self._version is not None:
             raise NeedsLock("this needs the budget's lock")
         return self._conn
 
@@ -199,7 +199,7 @@ class Unit:
         budget's version has not moved (see :meth:`write`), and may read nothing more."""
         wanted = sorted(set(holds))
         account = self._take(name, wanted, await self.conn.fetch(Q["read_budget_and_holds"], name, wanted))
-        self._guard = (account.budget.id, account.budget.version)
+        self._version = account.budget.version
         return await self._opened(account)
 
     def _take(self, name: str, wanted: list[str], rows: list[asyncpg.Record]) -> Account:
@@ -429,7 +429,7 @@ class Unit:
         """Everything queued, in one statement; then the idempotency keys, whose responses may name
         the ledger rows' ids; the events last. An unlocked unit writes only if its budget's version
         is still the one it read, and says whether it wrote (False: nothing was written)."""
-        if self._guard is not None and (self._events or self._new_keys):
+        if self._version is not None and (self._events or self._new_keys):
             raise NeedsLock("events and idempotency keys are written under the lock")
         if self._entries or self._dirty_holds or self._dirty_periods:
             touched = {e[0] for e in self._entries} | {k[0] for k in (*self._dirty_holds, *self._dirty_periods)}
@@ -445,11 +445,11 @@ class Unit:
                 *_columns([_balance_row(key, p) for key, p in self._dirty_periods.items()], 7),
                 [e[4] for e in self._entries],
                 first,
-                None if self._guard is None else self._guard[1],
+                self._version,
                 second,
             )
             if len(records) != len(self._entries):  # only unlocked: the version had moved
-                assert self._guard is not None and not records
+                assert self._version is not None and not records
                 return False
             # Identity values are drawn row by row in the order of the arrays: sorted, they are in order.
             for entry, entry_id in zip(self._entries, sorted(r["id"] for r in records), strict=True):

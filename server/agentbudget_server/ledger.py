@@ -98,9 +98,9 @@ async def try_unlocked(pool: asyncpg.Pool, budget: str, calls: Sequence[Call]) -
     four, and no lock held while deciding. The replies count only if ``WRITTEN``; otherwise nothing
     was written and the calls must be applied under the lock (the same answers either way).
 
-    Safe only where nothing else in this process applies calls for ``budget`` meanwhile (group
-    commit drains one budget's batches one after another); other processes are what the version
-    check is for.
+    Correct whatever else writes the budget meanwhile (that is what the version check is for), but
+    worth trying only where little does: group commit drains one budget's batches one after
+    another, so only other processes make an attempt miss.
     """
     if any(x.request_id for x in calls):  # RecordCost's idempotency keys are written under the lock
         return Unlocked.NEEDS_LOCK, []
